@@ -1,0 +1,127 @@
+"""Rollouts of the return-conditioned policy over a vector of environments.
+
+One forward pass per environment step serves every environment still running, so
+exploration (sampled actions, g_online) and evaluation (mean actions, g_eval) cost one
+batched inference per step instead of one per environment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from odt.data import Trajectory
+from odt.losses import TanhNormal
+from odt.model import DecisionTransformer
+
+
+@dataclass
+class RolloutResult:
+    returns: np.ndarray  # (N,) float64, raw undiscounted episode returns
+    lengths: np.ndarray  # (N,) int64
+    trajectories: list[Trajectory]  # raw observations, as a dataset stores them
+
+
+@torch.no_grad()
+def rollout(
+    model: DecisionTransformer,
+    envs: gym.vector.VectorEnv,
+    *,
+    target_return: float,
+    reward_scale: float,
+    state_mean: np.ndarray,
+    state_std: np.ndarray,
+    context_len: int,
+    sample: bool,
+    seeds: list[int] | None = None,
+    max_steps: int | None = None,
+) -> RolloutResult:
+    """Run one episode in each of `envs.num_envs` environments.
+
+    The context holds the last `context_len` steps (the evaluation context length),
+    left-padded with mask 0 so every forward pass has the same shape. The RTG token
+    starts at `target_return` and drops by each reward received.
+    """
+    device = next(model.parameters()).device
+    N = envs.num_envs
+    obs_dim = envs.single_observation_space.shape[0]
+    act_dim = envs.single_action_space.shape[0]
+    T = max_steps or model.cfg.max_ep_len
+    K = context_len
+    pad = K - 1  # leading slots so that the window [t, t + K) is always in range
+    was_training = model.training
+    model.eval()
+
+    mean_t = torch.as_tensor(state_mean, dtype=torch.float32, device=device)
+    std_t = torch.as_tensor(state_std, dtype=torch.float32, device=device)
+    ctx_states = torch.zeros(N, pad + T, obs_dim, device=device)
+    ctx_actions = torch.zeros(N, pad + T, act_dim, device=device)
+    ctx_rtg = torch.zeros(N, pad + T, device=device)
+    ctx_time = torch.zeros(pad + T, dtype=torch.long, device=device)
+    ctx_time[pad:] = torch.arange(T, device=device).clamp_max(model.cfg.max_ep_len - 1)
+
+    obs_buf = np.zeros((N, T, obs_dim), dtype=np.float32)
+    act_buf = np.zeros((N, T, act_dim), dtype=np.float32)
+    rew_buf = np.zeros((N, T), dtype=np.float32)
+    term_buf = np.zeros((N, T), dtype=bool)
+    lengths = np.zeros(N, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    rtg = np.full(N, target_return * reward_scale, dtype=np.float64)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    obs, _ = envs.reset(seed=seeds)
+    for t in range(T):
+        live = np.flatnonzero(~done)
+        obs_buf[live, t] = obs[live]
+        ctx_states[:, pad + t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean_t) / std_t
+        ctx_rtg[:, pad + t] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
+
+        window = slice(t, t + K)  # in padded coordinates: steps t-K+1 .. t
+        live_t = torch.as_tensor(live, device=device)
+        mask = None
+        if t < K - 1:
+            mask = (torch.arange(K, device=device) >= K - 1 - t).float().expand(len(live), K)
+        with autocast:
+            mean, log_std = model(
+                ctx_states[live_t, window],
+                ctx_actions[live_t, window],
+                ctx_rtg[live_t, window],
+                ctx_time[window].expand(len(live), K),
+                mask,
+                last_only=True,
+            )
+        mean = mean[:, -1].float()
+        if log_std is None:  # deterministic policy: the head already gives the action
+            action = mean
+        elif sample:
+            action, _ = TanhNormal(mean, log_std[:, -1].float()).rsample()
+        else:
+            action = torch.tanh(mean)
+        ctx_actions[live_t, pad + t] = action
+
+        actions = np.zeros((N, act_dim), dtype=np.float32)
+        actions[live] = action.cpu().numpy()
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        act_buf[live, t] = actions[live]
+        rew_buf[live, t] = reward[live]
+        lengths[live] += 1
+        ended = live[(terminated | truncated)[live]]
+        term_buf[ended, t] = terminated[ended]
+        done[ended] = True
+        rtg -= reward * reward_scale
+        if done.all():
+            break
+
+    model.train(was_training)
+    trajectories = [
+        Trajectory(obs_buf[i, :n], act_buf[i, :n], rew_buf[i, :n], term_buf[i, :n]) for i, n in enumerate(lengths)
+    ]
+    returns = np.array([t.episode_return for t in trajectories])
+    return RolloutResult(returns=returns, lengths=lengths, trajectories=trajectories)
+
+
+def evaluate(model: DecisionTransformer, envs: gym.vector.VectorEnv, **kwargs) -> RolloutResult:
+    """Evaluation rollouts: the policy's mean action, one episode per environment."""
+    return rollout(model, envs, sample=False, **kwargs)
