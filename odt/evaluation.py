@@ -24,7 +24,7 @@ class RolloutResult:
     trajectories: list[Trajectory]  # raw observations, as a dataset stores them
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad per op
 def rollout(
     model: DecisionTransformer,
     envs: gym.vector.VectorEnv,
@@ -71,23 +71,23 @@ def rollout(
     rtg = np.full(N, target_return * reward_scale, dtype=np.float64)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    slots = torch.arange(K, device=device)
+    live, rows = np.arange(N), slice(None)  # while every env runs, index with a slice: views, no gather
     obs, _ = envs.reset(seed=seeds)
     for t in range(T):
-        live = np.flatnonzero(~done)
         obs_buf[live, t] = obs[live]
         ctx_states[:, pad + t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean_t) / std_t
         ctx_rtg[:, pad + t] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
 
         window = slice(t, t + K)  # in padded coordinates: steps t-K+1 .. t
-        live_t = torch.as_tensor(live, device=device)
         mask = None
         if t < K - 1:
-            mask = (torch.arange(K, device=device) >= K - 1 - t).float().expand(len(live), K)
+            mask = (slots >= K - 1 - t).float().expand(len(live), K)
         with autocast:
             mean, log_std = model(
-                ctx_states[live_t, window],
-                ctx_actions[live_t, window],
-                ctx_rtg[live_t, window],
+                ctx_states[rows, window],
+                ctx_actions[rows, window],
+                ctx_rtg[rows, window],
                 ctx_time[window].expand(len(live), K),
                 mask,
                 last_only=True,
@@ -99,7 +99,7 @@ def rollout(
             action, _ = TanhNormal(mean, log_std[:, -1].float()).rsample()
         else:
             action = torch.tanh(mean)
-        ctx_actions[live_t, pad + t] = action
+        ctx_actions[rows, pad + t] = action
 
         actions = np.zeros((N, act_dim), dtype=np.float32)
         actions[live] = action.cpu().numpy()
@@ -111,8 +111,11 @@ def rollout(
         term_buf[ended, t] = terminated[ended]
         done[ended] = True
         rtg -= reward * reward_scale
-        if done.all():
-            break
+        if len(ended):  # the set of live envs changed: rebuild the row index once, not every step
+            if done.all():
+                break
+            live = np.flatnonzero(~done)
+            rows = torch.as_tensor(live, device=device)
 
     model.train(was_training)
     trajectories = [

@@ -13,6 +13,11 @@ import numpy as np
 from odt.data import Trajectory, returns_to_go
 
 
+def _row_windows(a: np.ndarray, K: int) -> np.ndarray:
+    """Every run of K consecutive rows of `a`, as a strided view (no copy): window i is a[i : i + K]."""
+    return np.ndarray((len(a) - K + 1, K, *a.shape[1:]), a.dtype, buffer=a, strides=(a.strides[0], *a.strides))
+
+
 @dataclass
 class Batch:
     """B segments of K steps, left-padded (mask 0) when a segment runs past its trajectory."""
@@ -54,6 +59,12 @@ class TrajectoryReplayBuffer:
             terminals=np.concatenate([t.terminals for t in ranked]),
             lengths=np.array([len(t) for t in ranked], dtype=np.int64),
         )
+        # Adopt the kept trajectories: their arrays become views of the storage (same values),
+        # so a caller still holding the dataset list holds no second copy (benchmarks/memory.py).
+        for t, s, n in zip(ranked, self.starts, self.lengths):
+            rows = slice(s, s + n)
+            t.observations, t.actions = self.observations[rows], self.actions[rows]
+            t.rewards, t.terminals = self.rewards[rows], self.terminals[rows]
 
     # storage ---------------------------------------------------------------------------
     def _set_storage(self, *, observations, actions, rewards, returns_to_go, terminals, lengths) -> None:
@@ -112,23 +123,23 @@ class TrajectoryReplayBuffer:
         K = context_len
         start = rng.integers(0, self.num_transitions, size=batch_size)
         traj = np.searchsorted(self.starts, start, side="right") - 1
-        end = self.starts[traj] + self.lengths[traj]
-        pad = K - np.minimum(K, end - start)  # (B,)
+        traj_start = self.starts[traj]
+        pad = K - np.minimum(K, traj_start + self.lengths[traj] - start)  # (B,)
+        first = start - pad  # each segment is rows [first, first + K); its first `pad` slots become padding
         offs = np.arange(K)
         mask = offs[None, :] >= pad[:, None]  # (B, K)
-        idx = np.where(mask, start[:, None] + offs[None, :] - pad[:, None], start[:, None])
-        states = self.observations[idx]
-        actions = self.actions[idx]
-        rewards = self.rewards[idx]
-        rtg = self.returns_to_go[idx]
-        timesteps = idx - self.starts[traj][:, None]
-        if pad.any():
-            pad_mask = ~mask
-            states[pad_mask] = 0.0
-            actions[pad_mask] = 0.0
-            rewards[pad_mask] = 0.0
-            rtg[pad_mask] = 0.0
-            timesteps[pad_mask] = 0
+        timesteps = (first - traj_start)[:, None] + offs[None, :]
+        columns = (self.observations, self.actions, self.rewards, self.returns_to_go)
+        if first.min() >= 0:  # one block copy per segment from a strided view (benchmarks/sampler.py)
+            states, actions, rewards, rtg = (_row_windows(a, K)[first] for a in columns)
+        else:  # a segment would start before row 0 (the first trajectory is shorter than K): row by row
+            idx = np.where(mask, first[:, None] + offs[None, :], start[:, None])
+            states, actions, rewards, rtg = (a.take(idx, axis=0) for a in columns)
+        rows = np.flatnonzero(pad)
+        if len(rows):  # zero the padding (rows of the previous trajectory in the window case)
+            r, slots = np.nonzero(~mask[rows])
+            for arr in (states, actions, rewards, rtg, timesteps):
+                arr[rows[r], slots] = 0
         return Batch(states, actions, rewards, rtg, timesteps, mask.astype(np.float32), traj)
 
     # persistence -----------------------------------------------------------------------

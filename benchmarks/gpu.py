@@ -1,0 +1,87 @@
+"""GPU path: updates per second and peak GPU memory of the paper config, when CUDA is there.
+
+The update loop must not wait on the GPU: metrics stay on the device and
+ODTTrainer.train_updates reads them once at the end. On CUDA the timed updates run
+under torch.cuda.set_sync_debug_mode("error"), so any synchronising call inside
+ODTTrainer.update fails the benchmark. Without a GPU, `assert_no_host_sync` checks the
+part of that contract visible on the CPU: odt's own code never calls item(), float(),
+bool(), int(), tolist(), numpy() or cpu() on a tensor during an update.
+
+    python -m benchmarks.gpu            # or: python -m benchmarks.run --gpu
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Figure, Result
+from benchmarks.update import make_trainer
+
+ODT_DIR = str(Path(__import__("odt").__file__).resolve().parent)
+SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def assert_no_host_sync():
+    """Fail if code under odt/ reads a tensor's value on the host while the block runs.
+
+    On a GPU each of those calls waits for the device; library internals are not
+    checked here (set_sync_debug_mode covers them on CUDA).
+    """
+    calls: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+
+    def guard(name, original):
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(ODT_DIR):
+                calls.append(f"Tensor.{name} from {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, guard(name, original))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    if calls:
+        raise AssertionError("host syncs inside the update loop: " + "; ".join(sorted(set(calls))))
+
+
+def run(*, updates: int = 50, warmup: int = 5, config: str | tuple[int, int, int] = "paper",
+        batch_size: int = 256, context_len: int = 20) -> Result:
+    if not torch.cuda.is_available():
+        return Result("gpu", "GPU path", skipped="no GPU found: torch.cuda.is_available() is False, so the "
+                      "GPU figures (updates/s, peak GPU memory) were not measured on this machine.")
+    trainer = make_trainer(config, batch_size=batch_size, context_len=context_len, device="cuda")
+    for _ in range(warmup):
+        trainer.update()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    torch.cuda.set_sync_debug_mode("error")  # any sync inside update() raises
+    try:
+        for _ in range(updates):
+            trainer.update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    d, L, H = trainer.model_cfg.embed_dim, trainer.model_cfg.n_layer, trainer.model_cfg.n_head
+    figures = [Figure(f"updates per second, d{d} L{L} H{H}, B={batch_size}, K={context_len}", [updates / secs], "1/s"),
+               Figure("peak GPU memory allocated", [peak_gib], "GiB")]
+    notes = [f"{torch.cuda.get_device_name(0)}; bf16 autocast, pinned host-to-device batches; {updates} updates "
+             "timed under torch.cuda.set_sync_debug_mode('error') (no host sync inside the loop)."]
+    return Result("gpu", "GPU path", figures, notes=notes)
+
+
+if __name__ == "__main__":
+    result = run()
+    print(result.skipped or "\n".join(f"{f.name}: {f.median:.3g} {f.unit}" for f in result.figures))

@@ -1,0 +1,168 @@
+"""MLflow helpers: one experiment per task, a parent run per stage, a child run per seed.
+
+Runs are found again by the tag `odt.run_key` (stage, task, fingerprint, seed), so a
+stage killed and rerun continues its run instead of opening a duplicate, and metric rows
+already in the store are not logged twice (a row is new when its step is past the last
+logged step). Metrics go in batches through MlflowClient.log_batch.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+RUN_KEY = "odt.run_key"
+SENTINEL = "wall_time"  # every metric row carries it: its history tells how far a run got
+T = TypeVar("T")
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "none"
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+
+
+def _retry(fn: Callable[..., T], *args, **kwargs) -> T:
+    """sqlite allows one writer at a time: parallel seeds retry a locked database."""
+    for attempt in range(8):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException wrapping sqlite3.OperationalError
+            if "locked" not in str(err).lower() or attempt == 7:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    """Experiments and runs in the store at `uri` (default: sqlite mlflow.db in the repo root)."""
+
+    def __init__(self, root: Path, uri: str | None = None):
+        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+        self.root = Path(root).resolve()
+        self.uri = uri or tracking_uri(self.root)
+        self.client = MlflowClient(self.uri)
+        self.local = not self.uri.startswith(("http://", "https://", "databricks"))
+
+    def experiment(self, name: str) -> str:
+        exp = _retry(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                _retry(self.client.restore_experiment, exp.experiment_id)
+            return exp.experiment_id
+        location = (self.root / "mlartifacts" / name.replace("/", "_")).as_uri() if self.local else None
+        try:
+            return _retry(self.client.create_experiment, name, artifact_location=location)
+        except Exception:  # created meanwhile by another process
+            return _retry(self.client.get_experiment_by_name, name).experiment_id
+
+    def find(self, experiment_id: str, key: str):
+        runs = _retry(self.client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{key}'",
+                      max_results=1, order_by=["attributes.start_time ASC"])
+        return runs[0] if runs else None
+
+    def run(self, experiment_id: str, key: str, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
+        """The run with this key: found (and marked running again unless finished) or created."""
+        tags = {k: str(v) for k, v in tags.items()}
+        found = self.find(experiment_id, key)
+        if found is None:
+            all_tags = {RUN_KEY: key, "mlflow.runName": name, **tags}
+            if parent:
+                all_tags["mlflow.parentRunId"] = parent
+            run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
+            return run.info.run_id
+        run_id = found.info.run_id
+        for k, v in tags.items():
+            _retry(self.client.set_tag, run_id, k, v)
+        if found.info.status != "FINISHED":
+            _retry(self.client.update_run, run_id, status="RUNNING")
+        return run_id
+
+    def status(self, run_id: str) -> str:
+        return _retry(self.client.get_run, run_id).info.status
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param  # noqa: PLC0415
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            _retry(self.client.log_batch, run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        RunLogger(self.uri, run_id).log({k: v for k, v in metrics.items()}, step)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag  # noqa: PLC0415
+
+        _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            if Path(p).is_file():
+                _retry(self.client.log_artifact, run_id, str(p), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, run_id, status)
+
+
+class RunLogger:
+    """`log_fn` for the stage functions: picklable (a worker process builds its own client)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._client = None
+        self._last_step: float | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "run_id": self.run_id, "_client": None, "_last_step": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def last_step(self) -> float:
+        if self._last_step is None:
+            history = _retry(self.client.get_metric_history, self.run_id, SENTINEL)
+            self._last_step = max((m.step for m in history), default=-1)
+        return self._last_step
+
+    def __call__(self, rows: list[dict[str, float]]) -> None:
+        """Rows past the last logged step, as few log_batch calls as MLflow allows (1000 metrics each)."""
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        last = self.last_step()
+        now = int(time.time() * 1000)
+        metrics = []
+        for row in rows:
+            step = int(row["step"])
+            if step <= last:
+                continue
+            metrics += [Metric(k, float(v), now, step) for k, v in row.items() if k != "step"]
+            self._last_step = last = step
+        for i in range(0, len(metrics), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + 1000])
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Summary values (not rows): logged as they are, without the step bookkeeping."""
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
