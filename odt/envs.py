@@ -10,8 +10,10 @@ gymnasium-robotics' UMaze with its dict observation flattened to D4RL's 29 dims
 """
 from __future__ import annotations
 
+import json
+import os
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -132,6 +134,29 @@ def fixed_observation_dims(task: str | TaskSpec, trajectories: Sequence[Trajecto
     if np.any(hi - lo > tol):
         return None
     return np.arange(ANT_CONTACT_DIMS.start, ANT_CONTACT_DIMS.stop), lo.astype(np.float64)
+
+
+def fixed_obs_json(fixed: tuple[np.ndarray, np.ndarray] | None) -> dict[str, list] | None:
+    """`fixed_observation_dims`' result as plain lists, for the dataset's .json metadata."""
+    if fixed is None:
+        return None
+    dims, values = fixed
+    return {"dims": [int(d) for d in dims], "values": [float(v) for v in values]}
+
+
+def load_fixed_obs(metadata: str | os.PathLike | dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The `fixed_obs` argument of make_env/make_vector_env from a dataset's .json (path or dict); None if absent."""
+    if not isinstance(metadata, dict):
+        with open(metadata) as f:
+            metadata = json.load(f)
+    block = metadata.get("fixed_obs")
+    if not block:
+        return None
+    dims = np.asarray(block["dims"], dtype=np.int64)
+    values = np.asarray(block["values"], dtype=np.float64)
+    if dims.shape != values.shape:
+        raise ValueError(f"fixed_obs has {dims.size} dims but {values.size} values; fetch the dataset again")
+    return dims, values
 
 
 def check_dims(task: str | TaskSpec, env: gym.Env | gym.vector.VectorEnv, obs_dim: int, act_dim: int) -> None:

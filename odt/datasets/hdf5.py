@@ -95,6 +95,14 @@ def load_d4rl_hdf5(path: str | os.PathLike, task: str | None = None) -> list[Tra
     return [Trajectory(obs[s : e + 1], act[s : e + 1], rew[s : e + 1], term[s : e + 1]) for s, e in zip(starts, ends)]
 
 
+def ends_with_tail(path: str | os.PathLike) -> bool:
+    """Whether the file's last row has neither terminal nor timeout: a cut-off tail, as many D4RL files end."""
+    with h5py.File(path, "r") as f:
+        last_terminal = bool(np.asarray(f["terminals"][-1]).item())
+        last_timeout = bool(np.asarray(f["timeouts"][-1]).item()) if "timeouts" in f else False
+    return not (last_terminal or last_timeout)
+
+
 def write_d4rl_hdf5(
     path: str | os.PathLike,
     trajectories: Sequence[Trajectory],
