@@ -52,12 +52,10 @@ class TrajectoryReplayBuffer:
         if not ranked:
             raise ValueError("the replay buffer needs at least one trajectory to start from")
         self._set_storage(
-            observations=np.concatenate([t.observations for t in ranked]),
-            actions=np.concatenate([t.actions for t in ranked]),
-            rewards=np.concatenate([t.rewards for t in ranked]),
-            returns_to_go=np.concatenate([returns_to_go(t.rewards) for t in ranked]),
+            self._pack([(t, returns_to_go(t.rewards)) for t in ranked]),
             terminals=np.concatenate([t.terminals for t in ranked]),
             lengths=np.array([len(t) for t in ranked], dtype=np.int64),
+            obs_dim=ranked[0].observations.shape[1],
         )
         # Adopt the kept trajectories: their arrays become views of the storage (same values),
         # so a caller still holding the dataset list holds no second copy (benchmarks/memory.py).
@@ -67,14 +65,50 @@ class TrajectoryReplayBuffer:
             t.rewards, t.terminals = self.rewards[rows], self.terminals[rows]
 
     # storage ---------------------------------------------------------------------------
-    def _set_storage(self, *, observations, actions, rewards, returns_to_go, terminals, lengths) -> None:
-        self.observations = np.ascontiguousarray(observations, dtype=np.float32)
-        self.actions = np.ascontiguousarray(actions, dtype=np.float32)
-        self.rewards = np.ascontiguousarray(rewards, dtype=np.float32)
-        self.returns_to_go = np.ascontiguousarray(returns_to_go, dtype=np.float32)
+    # One float32 table, a row per transition: [observation | action | reward | return-to-go].
+    # A batch is then one gather of K-row windows instead of one per column.
+    @staticmethod
+    def _pack(parts: Sequence[tuple[Trajectory, np.ndarray]], head: np.ndarray | None = None) -> np.ndarray:
+        """Rows of `head` (already packed), then each (trajectory, its RTGs), written once into a new table."""
+        t0 = parts[0][0] if parts else None
+        width = head.shape[1] if head is not None else t0.observations.shape[1] + t0.actions.shape[1] + 2
+        n_head = 0 if head is None else len(head)
+        table = np.empty((n_head + sum(len(t) for t, _ in parts), width), dtype=np.float32)
+        if n_head:
+            table[:n_head] = head
+        row = n_head
+        for t, rtg in parts:
+            n, o, a = len(t), t.observations.shape[1], t.actions.shape[1]
+            if o + a + 2 != width:
+                raise ValueError(f"trajectory has obs {o} and act {a} dims; the buffer holds {width - 2} in all")
+            block = table[row : row + n]
+            block[:, :o], block[:, o : o + a], block[:, -2], block[:, -1] = t.observations, t.actions, t.rewards, rtg
+            row += n
+        return table
+
+    def _set_storage(self, table: np.ndarray, *, terminals: np.ndarray, lengths: np.ndarray, obs_dim: int | None = None) -> None:
+        self._table = np.ascontiguousarray(table, dtype=np.float32)
         self.terminals = np.ascontiguousarray(terminals, dtype=bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
+        if obs_dim is not None:
+            self.obs_dim = int(obs_dim)
+
+    @property
+    def observations(self) -> np.ndarray:
+        return self._table[:, : self.obs_dim]
+
+    @property
+    def actions(self) -> np.ndarray:
+        return self._table[:, self.obs_dim : -2]
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return self._table[:, -2]
+
+    @property
+    def returns_to_go(self) -> np.ndarray:
+        return self._table[:, -1]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -104,10 +138,7 @@ class TrajectoryReplayBuffer:
         n_drop = max(0, len(self) + len(new) - self.capacity)
         cut = int(self.starts[n_drop]) if n_drop < len(self) else self.num_transitions
         self._set_storage(
-            observations=np.concatenate([self.observations[cut:], *[t.observations for t in new]]),
-            actions=np.concatenate([self.actions[cut:], *[t.actions for t in new]]),
-            rewards=np.concatenate([self.rewards[cut:], *[t.rewards for t in new]]),
-            returns_to_go=np.concatenate([self.returns_to_go[cut:], *[returns_to_go(t.rewards) for t in new]]),
+            self._pack([(t, returns_to_go(t.rewards)) for t in new], head=self._table[cut:]),
             terminals=np.concatenate([self.terminals[cut:], *[t.terminals for t in new]]),
             lengths=np.concatenate([self.lengths[n_drop:], [len(t) for t in new]]),
         )
@@ -127,36 +158,29 @@ class TrajectoryReplayBuffer:
         pad = K - np.minimum(K, traj_start + self.lengths[traj] - start)  # (B,)
         first = start - pad  # each segment is rows [first, first + K); its first `pad` slots become padding
         offs = np.arange(K)
-        mask = offs[None, :] >= pad[:, None]  # (B, K)
-        timesteps = (first - traj_start)[:, None] + offs[None, :]
-        columns = (self.observations, self.actions, self.rewards, self.returns_to_go)
+        timesteps = (first - traj_start)[:, None] + offs
         if first.min() >= 0:  # one block copy per segment from a strided view (benchmarks/sampler.py)
-            states, actions, rewards, rtg = (_row_windows(a, K)[first] for a in columns)
-        else:  # a segment would start before row 0 (the first trajectory is shorter than K): row by row
-            idx = np.where(mask, first[:, None] + offs[None, :], start[:, None])
-            states, actions, rewards, rtg = (a.take(idx, axis=0) for a in columns)
+            seg = _row_windows(self._table, K)[first]  # (B, K, obs + act + 2)
+        else:  # a segment starts before row 0 (the first trajectory is shorter than K); those slots are padding
+            seg = self._table.take(np.maximum(first[:, None] + offs, 0), axis=0)
+        mask = offs >= pad[:, None]  # (B, K)
         rows = np.flatnonzero(pad)
-        if len(rows):  # zero the padding (rows of the previous trajectory in the window case)
+        if len(rows):  # zero the padding (rows of the previous trajectory)
             r, slots = np.nonzero(~mask[rows])
-            for arr in (states, actions, rewards, rtg, timesteps):
-                arr[rows[r], slots] = 0
-        return Batch(states, actions, rewards, rtg, timesteps, mask.astype(np.float32), traj)
+            seg[rows[r], slots] = 0
+            timesteps[rows[r], slots] = 0
+        o = self.obs_dim
+        return Batch(seg[..., :o], seg[..., o:-2], seg[..., -2], seg[..., -1], timesteps, mask.astype(np.float32), traj)
 
     # persistence -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray | int]:
-        return {
-            "capacity": self.capacity,
-            "observations": self.observations,
-            "actions": self.actions,
-            "rewards": self.rewards,
-            "returns_to_go": self.returns_to_go,
-            "terminals": self.terminals,
-            "lengths": self.lengths,
-        }
+        return {"capacity": self.capacity, "obs_dim": self.obs_dim, "table": self._table,
+                "terminals": self.terminals, "lengths": self.lengths}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TrajectoryReplayBuffer":
         buf = cls.__new__(cls)
         buf.capacity = int(state["capacity"])
-        buf._set_storage(**{k: np.asarray(v) for k, v in state.items() if k != "capacity"})
+        buf._set_storage(np.asarray(state["table"]), terminals=np.asarray(state["terminals"]),
+                         lengths=np.asarray(state["lengths"]), obs_dim=int(state["obs_dim"]))
         return buf
