@@ -96,7 +96,7 @@ def rollout(
         if log_std is None:  # deterministic policy: the head already gives the action
             action = mean
         elif sample:
-            action, _ = TanhNormal(mean, log_std[:, -1].float()).rsample()
+            action = TanhNormal(mean, log_std[:, -1].float()).sample()
         else:
             action = torch.tanh(mean)
         ctx_actions[rows, pad + t] = action

@@ -41,6 +41,10 @@ class TanhNormal:
         u = self.mean + self.std * torch.randn_like(self.mean)
         return torch.tanh(u), self._log_prob_pre_tanh(u)
 
+    def sample(self) -> torch.Tensor:
+        """An action for exploration: no log-probability, no graph."""
+        return torch.tanh(torch.addcmul(self.mean, self.std, torch.randn_like(self.mean)))
+
     @property
     def mode(self) -> torch.Tensor:
         """The action used for evaluation: tanh of the Gaussian mean."""
