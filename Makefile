@@ -8,6 +8,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
+# DVC stages call `python -m pipeline.<stage>`: the venv's python, without activating it
+export PATH := $(abspath $(BIN)):$(PATH)
+PROFILE ?=
 
 .PHONY: install repro test bench clean
 
@@ -24,6 +27,7 @@ install: $(STAMP)
 repro: install
 	test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/dvc config core.analytics false
+	$(if $(PROFILE),$(BIN)/python -m pipeline.profile $(PROFILE),test -f params.yaml || $(BIN)/python -m pipeline.profile quick)
 	$(BIN)/dvc repro
 
 test: install

@@ -56,9 +56,9 @@ def fail(message: str, code: int = 2, *, trace: bool = False) -> int:
 
 
 def load_or_exit(path: str | Path, task: str | None = None) -> tuple[Params, TaskPlan | None]:
-    """Validated params (and the task's plan), or exit 2 with one line naming the bad key."""
+    """Validated params and every task's plan (or only `task`'s), or exit 2 with one line naming the bad key."""
     try:
-        params, plans = load_params(path, [task] if task else [])
+        params, plans = load_params(path, [task] if task else None)
     except ConfigError as err:
         sys.exit(fail(str(err)))
     return params, plans.get(task) if task else None
@@ -269,10 +269,11 @@ def pretrain_key(plan: TaskPlan, params: Params, cfg: TrainConfig, data: Path) -
     }
 
 
-def finetune_key(plan: TaskPlan, params: Params, cfg: TrainConfig, checkpoint: Path) -> dict[str, Any]:
+def finetune_key(plan: TaskPlan, params: Params, cfg: TrainConfig, checkpoint: Path, *, root: Path = ROOT) -> dict[str, Any]:
     """Same for finetuning; the seed is left out (one key per stage, seeds are below it)."""
     pre_cfg = plan.pretrain
     return {
+        "fixed_obs": fixed_obs_key(fixed_obs(root, plan.name)),
         "stage": "finetune",
         "task": plan.name,
         "train": cfg.model_copy(update={"seed": 0}).model_dump(),
@@ -296,10 +297,31 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # environments and evaluation -----------------------------------------------------------------
-def make_envs(task: str, n: int, params: Params):
-    from odt.envs import make_vector_env  # noqa: PLC0415
+def dataset_meta_path(root: Path, task: str) -> Path:
+    """data/<task>/<task>.json, written by the fetch stage beside the .hdf5."""
+    return data_path(root, task).with_suffix(".json")
 
-    return make_vector_env(task, n, version=params.env_version)
+
+def fixed_obs(root: Path, task: str):
+    """Observation dims the environment must pin as the dataset holds them (Ant's contact forces), or None."""
+    from odt.envs import load_fixed_obs  # noqa: PLC0415
+
+    meta = dataset_meta_path(root, task)
+    return load_fixed_obs(meta) if meta.is_file() else None
+
+
+def fixed_obs_key(fixed) -> dict[str, list] | None:
+    """`fixed_obs` as plain lists, for fingerprints."""
+    return None if fixed is None else {"dims": [int(d) for d in fixed[0]], "values": [float(v) for v in fixed[1]]}
+
+
+def make_envs(plan: TaskPlan, n: int, params: Params, fixed=None):
+    """`n` environments of the task, checked against the model's (the dataset's) dims: one line if they differ."""
+    from odt.envs import check_dims, make_vector_env  # noqa: PLC0415
+
+    envs = make_vector_env(plan.name, n, version=params.env_version, fixed_obs=fixed)
+    check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)
+    return envs
 
 
 def scorer(task: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -407,7 +429,8 @@ def run_pretrain(
         if log_fn is not None and (work / "rows.json").is_file():
             _emit(log_fn, json.loads((work / "rows.json").read_text()))
     else:
-        result = _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, progress)
+        result = _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, progress,
+                           fixed_obs(root, plan.name))
         result["hparams"] = hparams
         write_json(done_path, result)
         (work / "state.pt").unlink(missing_ok=True)  # checkpoint.pt holds the same state
@@ -419,7 +442,7 @@ def run_pretrain(
     return result
 
 
-def _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, progress) -> dict[str, Any]:
+def _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, progress, fixed) -> dict[str, Any]:
     state_path = work / "state.pt"
     start = time.perf_counter()
     if state_path.is_file():
@@ -428,15 +451,15 @@ def _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, pr
     else:
         trainer, rows, elapsed = _fresh_trainer(plan, cfg, data), [], 0.0
     score = scorer(plan.name)
-    eval_envs = make_envs(plan.name, cfg.eval_episodes, params) if eval_every else None
+    envs = make_envs(plan, cfg.eval_episodes, params, fixed)  # built first: a dims mismatch fails before training
     total = cfg.pretrain_updates
     pending: list[dict[str, float]] = []
 
     def callback(metrics: dict[str, float]) -> None:
         step = int(metrics["step"])
         row = {**metrics, "wall_time": elapsed + time.perf_counter() - start}
-        if eval_envs is not None and step % eval_every == 0 and step < total:
-            row |= evaluate_entry(trainer, eval_envs, score, index=step)
+        if eval_every and step % eval_every == 0 and step < total:
+            row |= evaluate_entry(trainer, envs, score, index=step)
             if report is not None:
                 report(row["eval_normalized"], step)
         rows.append(row)
@@ -450,7 +473,6 @@ def _pretrain(plan, params, cfg, run, data, work, log_fn, eval_every, report, pr
     if total == 0 or not state_path.is_file():
         _save_state(state_path, trainer, rows, elapsed + time.perf_counter() - start)
     # the pretrained policy: evaluation index 0, the rule each finetuning seed also uses for its offline score
-    envs = make_envs(plan.name, cfg.eval_episodes, params)
     final = evaluate_entry(trainer, envs, score, index=0)
     wall = elapsed + time.perf_counter() - start
     if report is not None:
@@ -482,7 +504,7 @@ def finetune_work_dir(task: str | TaskPlan, params: Params, *, checkpoint: Path 
     plan = as_plan(task, params)
     checkpoint = Path(checkpoint or pretrain_dir(root, plan.name) / "checkpoint.pt")
     cfg, _ = train_config(plan, params, "finetune", overrides, root=root)
-    return work_root(root, plan.name) / f"finetune-{fingerprint(finetune_key(plan, params, cfg, checkpoint))}"
+    return work_root(root, plan.name) / f"finetune-{fingerprint(finetune_key(plan, params, cfg, checkpoint, root=root))}"
 
 
 def seed_done(work_dir: Path, seed: int) -> dict[str, Any] | None:
@@ -523,7 +545,8 @@ def run_finetune_seed(
         cfg, hparams = train_config(plan, params, "finetune", overrides, seed=seed, root=root)
         # the offline score uses the pretraining phase's g_eval, context and episodes (never tuned)
         pre_cfg = plan.pretrain.model_copy(update={"seed": seed})
-        result = _finetune(plan, params, cfg, pre_cfg, checkpoint, seed_dir, log_fn, report, progress)
+        result = _finetune(plan, params, cfg, pre_cfg, checkpoint, seed_dir, log_fn, report, progress,
+                           fixed_obs(root, plan.name))
         result["hparams"] = hparams
         write_json(seed_dir / "result.json", result)  # the done marker: written last
         (seed_dir / "state.pt").unlink(missing_ok=True)  # the buffer makes it large; the result is all we keep
@@ -539,17 +562,17 @@ def publish_seed(seed_dir: Path, dst: Path) -> None:
         copy_file(seed_dir / name, dst / name)
 
 
-def _finetune(plan, params, cfg, pre_cfg, checkpoint, seed_dir, log_fn, report, progress) -> dict[str, Any]:
+def _finetune(plan, params, cfg, pre_cfg, checkpoint, seed_dir, log_fn, report, progress, fixed) -> dict[str, Any]:
     state_path = seed_dir / "state.pt"
     score = scorer(plan.name)
-    eval_envs = make_envs(plan.name, cfg.eval_episodes, params)
+    eval_envs = make_envs(plan, cfg.eval_episodes, params, fixed)
     start = time.perf_counter()
     if state_path.is_file():
         trainer, rows, elapsed = _resume(state_path, cfg)
         _emit(log_fn, rows)
     else:
         trainer, rows, elapsed = _from_pretrained(checkpoint, cfg), [], 0.0
-        pre_envs = eval_envs if pre_cfg.eval_episodes == cfg.eval_episodes else make_envs(plan.name, pre_cfg.eval_episodes, params)
+        pre_envs = eval_envs if pre_cfg.eval_episodes == cfg.eval_episodes else make_envs(plan, pre_cfg.eval_episodes, params, fixed)
         offline = evaluate_entry(trainer, pre_envs, score, index=0, cfg=pre_cfg)
         first = evaluate_entry(trainer, eval_envs, score, index=0)
         trainer.history.append({"round": 0.0, "online_samples": 0.0, **first})
@@ -561,7 +584,7 @@ def _finetune(plan, params, cfg, pre_cfg, checkpoint, seed_dir, log_fn, report, 
         _emit(log_fn, [row])
         if report is not None:
             report(first["eval_normalized"], 0)
-    explore_envs = make_envs(plan.name, cfg.rollouts_per_round, params)
+    explore_envs = make_envs(plan, cfg.rollouts_per_round, params, fixed)
     every = plan.finetune_run.checkpoint_every_rounds
     pending: list[dict[str, float]] = []
 
@@ -608,17 +631,19 @@ def available_cores() -> int:
 
 
 def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: int | None) -> tuple[int, int]:
-    """(workers, torch threads per worker) with workers x threads <= cores on this machine.
+    """(workers, torch threads per seed), with workers x threads <= cores for loky on this machine.
 
-    A cluster (dask, ray) places work itself: one thread per seed unless told otherwise.
+    Threads default to 1 on every backend, whatever the number of workers or of seeds
+    left: torch's CPU results depend on the thread count, so a seed gives the same
+    numbers on loky, dask and ray, and when it resumes alone after a kill. A cluster
+    (dask, ray) places work itself.
     """
+    threads = threads_per_worker or 1
     if backend != "loky":
-        return n_jobs, threads_per_worker or 1
+        return n_jobs, threads
     cores = available_cores()
     workers = max(1, min(n_jobs, n_tasks, cores))
-    threads = threads_per_worker or max(1, cores // workers)
-    threads = min(threads, max(1, cores // workers))
-    return workers, threads
+    return workers, max(1, min(threads, cores // workers))
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 
 from odt.config import ConfigError
+from odt.datasets.hdf5 import DatasetError
+from odt.envs import EnvMismatchError
 from pipeline import common
 from pipeline.params import Params, TaskPlan
 
@@ -74,9 +77,10 @@ def publish_seed_run(tracking: tuple[str, str], seed_dir: Path, task: str, resul
         return
     rows = json.loads((seed_dir / "rows.json").read_text())
     RunLogger(uri, run_id)(rows)  # anything a crash kept from the store
-    RunLogger(uri, run_id).log({k: result[k] for k in ("offline_normalized", "offline_normalized_std",
-                                                        "online_normalized", "online_normalized_std")},
-                               step=result["online_samples"])
+    if "online_normalized" not in tracker.client.get_run(run_id).data.metrics:  # not again after a crash
+        RunLogger(uri, run_id).log({k: result[k] for k in ("offline_normalized", "offline_normalized_std",
+                                                            "online_normalized", "online_normalized_std")},
+                                   step=result["online_samples"])
     curve = common.read_csv(seed_dir / "curve.csv")
     png = common.plot_curve(seed_dir / "curve.png",
                             [{"online_samples": r["online_samples"], "mean": r["eval_normalized"],
@@ -90,18 +94,21 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
               backend: str | None = None, n_jobs: int | None = None, address: str | None = None,
               threads_per_worker: int | None = None) -> dict[str, Any]:
     """All seeds of one task; returns the summary and which worker ran which seed with how many threads."""
-    root = Path(root)
+    root = Path(root).resolve()  # absolute: a dask or ray worker may run in another directory
     par = params.parallel
     backend = backend or par.backend
     address = address or par.address
     checkpoint = common.pretrain_dir(root, plan.name) / "checkpoint.pt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {checkpoint} does not exist; run `dvc repro pretrain@{plan.name}` first")
+    common.make_envs(plan, 1, params, common.fixed_obs(root, plan.name)).close()  # a dims mismatch: one line, before any seed
     work = common.finetune_work_dir(plan, params, checkpoint=checkpoint, root=root)
     seeds = list(range(params.seeds))
     pending = [s for s in seeds if common.seed_done(work, s) is None]
-    workers, threads = common.plan_workers(n_jobs or par.n_jobs, len(pending), backend,
+    # planned for all seeds, not the ones left: a resumed seed runs with the threads it started with
+    workers, threads = common.plan_workers(n_jobs or par.n_jobs, len(seeds), backend,
                                            threads_per_worker or par.threads_per_worker)
+    workers = max(1, min(workers, len(pending)))
 
     tracker = parent = None
     children: dict[int, str] = {}
@@ -109,7 +116,7 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
         from pipeline.tracking import Tracker, git_commit  # noqa: PLC0415
 
         cfg, hparams = common.train_config(plan, params, "finetune", root=root)
-        key = common.finetune_key(plan, params, cfg, checkpoint)
+        key = common.finetune_key(plan, params, cfg, checkpoint, root=root)
         fp = common.fingerprint(key)
         tracker = Tracker(root)
         exp = tracker.experiment(f"odt/{plan.name}")
@@ -151,6 +158,8 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
 
     results = [common.seed_done(work, s) for s in seeds]
     out = common.finetune_dir(root, plan.name)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run killed while publishing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     for s in seeds:
         common.publish_seed(work / f"seed_{s}", tmp / f"seed_{s}")
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     params, plan = common.load_or_exit(args.params, args.task)
     try:
         out = run_stage(plan, params, root=Path(args.root), track=not args.no_track)
-    except (FileNotFoundError, ConfigError) as err:
+    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
         return common.fail(str(err))
     except SeedsFailed as err:
         return common.fail(str(err), code=1)

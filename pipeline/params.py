@@ -87,7 +87,37 @@ class ParallelParams(_Strict):
     backend: Literal["loky", "dask", "ray"] = "loky"
     n_jobs: PosInt = 2
     address: str | None = None  # dask scheduler (tcp://host:8786) or ray cluster ("auto", ray://host:10001)
-    threads_per_worker: PosInt | None = None  # torch threads per seed; None: cores // workers (loky), 1 (dask, ray)
+    threads_per_worker: PosInt | None = None  # torch threads per seed; None: 1 (results then do not depend on the backend)
+
+
+class SearchRange(_Strict):
+    """A log-uniform search range (Optuna's suggest_float(log=True)): 0 < low < high."""
+
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchRange":
+        if not self.low < self.high:
+            raise ValueError(f"empty search range [{self.low}, {self.high}]: low must be below high")
+        return self
+
+
+class TuneParams(_Strict):
+    """Optuna search over learning rate and weight decay (`python -m pipeline.tune`, DVC stages tune-<phase>@<task>)."""
+
+    tasks: list[str] = Field(default_factory=list)  # tasks that get DVC tune stages (dvc repro runs them)
+    learning_rate: SearchRange = SearchRange(low=1e-5, high=1e-2)
+    weight_decay: SearchRange = SearchRange(low=1e-6, high=1e-2)
+    n_trials: PosInt = 20  # trials per worker and run: a rerun adds as many to the same study
+    timeout: float | None = Field(None, gt=0)  # seconds per worker after which no new trial starts
+    sampler_seed: NonNegInt = 0  # TPE; trial k draws with seed sampler_seed + k, whichever worker runs it
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: NonNegInt = 5  # finished trials before the median pruner prunes
+    storage: str = "sqlite:///optuna.db"  # relative sqlite paths are from the repository root; journal:PATH; any RDB URL
+    pretrain_updates: PosInt | None = None  # a pretrain trial's budget; null: the task's pretrain_updates
+    eval_every: PosInt | None = None  # updates between a pretrain trial's intermediate evaluations; null: budget / 5
+    online_samples: PosInt | None = None  # a finetune trial's budget; null: the task's online_samples
 
 
 class TaskBlock(_Strict):
@@ -105,12 +135,16 @@ class Params(_Strict):
     env_version: Literal["v4", "v5"] = "v5"
     use_tuned: bool = False
     parallel: ParallelParams = ParallelParams()
+    tune: TuneParams = TuneParams()
     tasks: dict[str, TaskBlock]
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
+        unknown = [t for t in self.tune.tasks if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"tune.tasks lists '{unknown[0]}', which is not in tasks")
         return self
 
 
@@ -219,6 +253,7 @@ class Profile(_Strict):
     env_version: Literal["v4", "v5"] = "v5"
     use_tuned: bool = False
     parallel: ParallelParams = ParallelParams()
+    tune: TuneParams = TuneParams()
     tasks: list[str]
     defaults: dict[str, dict[str, Any]]
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
@@ -254,6 +289,7 @@ def resolve_profile(name: str, raw: Any, *, use_tuned: bool | None = None) -> di
         "env_version": prof.env_version,
         "use_tuned": tuned,
         "parallel": prof.parallel.model_dump(),
+        "tune": prof.tune.model_dump(),
         "tasks": tasks,
     }
     params = parse_params(out, where)

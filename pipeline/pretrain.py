@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 from odt.config import ConfigError
+from odt.datasets.hdf5 import DatasetError
+from odt.envs import EnvMismatchError
 from pipeline import common
 from pipeline.params import Params, TaskPlan
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track: bool = True) -> dict:
-    root = Path(root)
+    root = Path(root).resolve()
     out_dir = common.pretrain_dir(root, plan.name)
     data = common.data_path(root, plan.name)
     if not data.is_file():
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     params, plan = common.load_or_exit(args.params, args.task)
     try:
         result = run_stage(plan, params, root=Path(args.root), track=not args.no_track)
-    except (FileNotFoundError, ConfigError) as err:
+    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
         return common.fail(str(err))
     except Exception as err:
         return common.fail(f"pretrain {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)

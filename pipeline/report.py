@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ def run_stage(params: Params, *, root: Path = common.ROOT, reports: Path | None 
                for r in table.to_dict("records")}
     common.write_json(reports / "metrics.json", metrics)
     for tmp_dir in (reports / ".curves.tmp", reports / ".plots.tmp"):
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run: may hold another profile's tasks
+        tmp_dir.mkdir(parents=True)
     for r in table.to_dict("records"):
         curve = common.aggregate_curves(curves[r["task"]], r["online_samples"])
         common.write_csv(reports / ".curves.tmp" / f"{r['task']}.csv", curve, list(curve[0]))

@@ -148,8 +148,14 @@ def test_report_states_the_hyperparameters_used():
 
 def test_workers_times_threads_never_exceeds_cores(monkeypatch):
     monkeypatch.setattr(common, "available_cores", lambda: 4)
-    assert common.plan_workers(2, 10, "loky", None) == (2, 2)
+    assert common.plan_workers(2, 10, "loky", None) == (2, 1)  # one thread per seed unless asked
+    assert common.plan_workers(2, 10, "loky", 2) == (2, 2)
     assert common.plan_workers(8, 10, "loky", None) == (4, 1)
     assert common.plan_workers(2, 10, "loky", 4) == (2, 2)  # asked for too many threads: capped
-    assert common.plan_workers(4, 1, "loky", None) == (1, 4)  # one seed left: one worker, all cores
+    assert common.plan_workers(8, 10, "loky", 4) == (4, 1)
+    assert common.plan_workers(4, 1, "loky", None) == (1, 1)
     assert common.plan_workers(16, 10, "dask", None) == (16, 1)
+    for n_jobs in range(1, 9):
+        for threads in (None, 1, 2, 3, 8):
+            workers, t = common.plan_workers(n_jobs, 10, "loky", threads)
+            assert workers * t <= 4 and workers >= 1 and t >= 1

@@ -1,0 +1,182 @@
+"""The product end to end: real `dvc repro` of the tiny profile in a copy of the repository.
+
+fetch -> pretrain -> finetune (10 seeds) -> report for two tasks, a real MLflow sqlite
+store; then a second `dvc repro` that must do nothing, and a changed finetuning
+parameter that must re-run that task's finetuning and the report only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ["hopper-medium-v2", "hopper-medium-replay-v2"]
+SEEDS = 10
+# what a fresh clone has, plus work in progress; not the outputs of an earlier run here
+SKIP = re.compile(r"^(dvc\.lock|params\.yaml|reports/|mlflow\.db|mlruns/|mlartifacts/)")
+
+
+def copy_worktree(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in files:
+        src = ROOT / name
+        if name and not SKIP.match(name) and src.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+
+
+def pipeline_env(tracking_uri: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "PYTHONPATH"))}
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return env
+
+
+def sh(*cmd: str, cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def is_png(path: Path) -> bool:
+    from PIL import Image
+
+    if path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        return img.format == "PNG" and min(img.size) >= 100
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopper_random_hdf5):
+    repo = tmp_path / "repo"
+    copy_worktree(repo)
+    (repo / ".cache" / "tiny").mkdir(parents=True)
+    shutil.copy(hopper_random_hdf5, repo / ".cache" / "tiny" / "hopper-random.hdf5")  # the tiny profile's source file
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = pipeline_env(uri)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    sh("git", "init", "-q", cwd=repo, env=env)
+    if not (repo / ".dvc").is_dir():
+        sh(dvc, "init", "-q", cwd=repo, env=env)
+    sh(dvc, "config", "core.analytics", "false", cwd=repo, env=env)
+    sh(sys.executable, "-m", "pipeline.profile", "tiny", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)
+    commit = sh("git", "rev-parse", "HEAD", cwd=repo, env=env).strip()
+
+    out = sh(dvc, "repro", cwd=repo, env=env)
+    assert stages_run(out) == {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune") for t in TASKS} | {"report"}
+    assert (repo / "dvc.lock").is_file()
+
+    # the table: one row per task, every number over 10 seeds, the paper's numbers beside ours
+    table = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
+    assert list(table.index) == TASKS and (table["seeds"] == SEEDS).all()
+    paper = pd.read_csv(ROOT / "pipeline" / "data" / "paper_table_5_1.csv").set_index("dataset")
+    for task in TASKS:
+        seeds = sorted((repo / "runs" / task / "finetune").glob("seed_*/result.json"))
+        assert len(seeds) == SEEDS
+        results = [json.loads(p.read_text()) for p in seeds]
+        assert sorted(r["seed"] for r in results) == list(range(SEEDS))
+        off = np.array([r["offline_normalized"] for r in results])
+        on = np.array([r["online_normalized"] for r in results])
+        row = table.loc[task]
+        assert row["offline_mean"] == pytest.approx(off.mean(), abs=1e-4)
+        assert row["offline_std"] == pytest.approx(off.std(), abs=1e-4)
+        assert row["online_mean"] == pytest.approx(on.mean(), abs=1e-4)
+        assert row["delta"] == pytest.approx(on.mean() - off.mean(), abs=1e-4)
+        assert on.std() > 0  # ten different seeds, not one run ten times
+        assert all(r["online_samples"] >= 150 for r in results)  # the tiny profile's budget
+        ref = paper.loc[task.removesuffix("-v2")]
+        assert (row["paper_offline"], row["paper_online"], row["paper_delta"]) == pytest.approx(
+            (ref["odt_offline"], ref["odt_online"], ref["delta_odt"]))
+        assert is_png(repo / "reports" / "plots" / f"{task}.png")
+        curve = pd.read_csv(repo / "reports" / "curves" / f"{task}.csv")
+        assert curve["online_samples"].iloc[0] == 0 and curve["online_samples"].iloc[-1] == 150
+        assert (curve["seeds"] == SEEDS).all() and np.allclose(curve["upper"] - curve["lower"], 2 * curve["std"])
+    md = (repo / "reports" / "results.md").read_text()
+    assert all(f"| {t} | {SEEDS} |" in md for t in TASKS)
+
+    metrics = json.loads(sh(dvc, "metrics", "show", "--json", cwd=repo, env=env))
+    shown = metrics[""]["data"]["reports/metrics.json"]["data"]
+    assert set(shown) == set(TASKS) and shown[TASKS[0]]["paper_online"] == 97.54
+    plots = json.loads(sh(dvc, "plots", "show", "--json", cwd=repo, env=env))["data"]
+    assert {f"reports/plots/{t}.png" for t in TASKS} <= set(plots)
+    curves = [k for k in plots if k.endswith(f"reports/curves/{TASKS[0]}.csv")]
+    assert curves and plots[curves[0]][0]["type"] == "vega"
+
+    # MLflow: one experiment per task, a run per stage, a child run per seed, tagged and with metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+
+    def runs(name: str):
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None, f"no MLflow experiment {name}"
+        return client.search_runs([exp.experiment_id], max_results=1000)
+
+    for task in TASKS:
+        all_runs = runs(f"odt/{task}")
+        by_stage = {}
+        for r in all_runs:
+            by_stage.setdefault(r.data.tags["dvc_stage"], []).append(r)
+            assert r.info.status == "FINISHED"
+            assert (r.data.tags["profile"], r.data.tags["task"], r.data.tags["git_commit"]) == ("tiny", task, commit)
+        assert {k: len(v) for k, v in by_stage.items()} == {f"pretrain@{task}": 1, f"finetune@{task}": 1 + SEEDS}
+        pre = by_stage[f"pretrain@{task}"][0]
+        assert {"loss", "nll", "entropy", "temperature", "pretrained_normalized_mean", "wall_time"} <= set(pre.data.metrics)
+        assert pre.data.params["train.pretrain_updates"] == "20"
+        parent = [r for r in by_stage[f"finetune@{task}"] if "seed" not in r.data.tags]
+        children = [r for r in by_stage[f"finetune@{task}"] if "seed" in r.data.tags]
+        assert len(parent) == 1 and sorted(int(r.data.tags["seed"]) for r in children) == list(range(SEEDS))
+        assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+        assert parent[0].data.metrics["online_mean"] == pytest.approx(table.loc[task, "online_mean"], abs=1e-4)
+        for child in children:
+            assert {"loss", "entropy", "temperature", "eval_normalized", "online_samples", "wall_time",
+                    "offline_normalized", "online_normalized"} <= set(child.data.metrics)
+            assert child.data.params["seed"] == child.data.tags["seed"]
+            history = client.get_metric_history(child.info.run_id, "eval_normalized")
+            assert len(history) >= 2 and len({m.step for m in history}) == len(history)  # batched, none twice
+            artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert {"curve.csv", "curve.png", "policy.pt", "result.json"} <= artifacts
+    assert len(runs("odt/report")) == 1
+
+    # nothing changed: nothing runs, no new MLflow runs
+    counts = {t: len(runs(f"odt/{t}")) for t in TASKS}
+    out = sh(dvc, "repro", cwd=repo, env=env)
+    assert stages_run(out) == set(), out
+    assert {t: len(runs(f"odt/{t}")) for t in TASKS} == counts
+
+    # a finetuning parameter of one task: that task's finetuning and the report, nothing else
+    params_path = repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["tasks"][TASKS[0]]["finetune"]["updates_per_round"] = 4
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(dvc, "repro", cwd=repo, env=env)
+    assert stages_run(out) == {f"finetune@{TASKS[0]}", "report"}, out
+    assert len(runs(f"odt/{TASKS[0]}")) == counts[TASKS[0]] + 1 + SEEDS  # a new parent and its seeds
+    assert len(runs(f"odt/{TASKS[1]}")) == counts[TASKS[1]]
+    assert len(runs("odt/report")) == 2
+    new = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
+    assert new.loc[TASKS[1], "online_mean"] == table.loc[TASKS[1], "online_mean"]
+    assert new.loc[TASKS[0], "offline_mean"] == table.loc[TASKS[0], "offline_mean"]  # same pretrained policy
+    assert new.loc[TASKS[0], "online_mean"] != table.loc[TASKS[0], "online_mean"]

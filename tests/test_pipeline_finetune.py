@@ -1,0 +1,169 @@
+"""The finetune stage: kill -9 and resume, a failing seed, dask vs loky, threads per worker.
+
+Every test starts from the same pretrained checkpoint (tiny profile, one task, 4 seeds)
+and compares with one uninterrupted run on the default backend, value for value.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import common, finetune, pretrain
+from pipeline.params import load_params
+from pipeline.profile import render
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "hopper-medium-v2"
+SEEDS = 4
+
+
+def stage_inputs(root: Path, src: Path | None = None) -> Path:
+    """params.yaml, dataset and pretrained checkpoint (copied from `src`), no work directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in ("params.yaml", f"data/{TASK}/{TASK}.hdf5", f"runs/{TASK}/pretrain/checkpoint.pt"):
+        if src is not None:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, root / rel)
+    return root
+
+
+def results(root: Path) -> dict[int, dict]:
+    """Per-seed result.json and curve.csv as published by the stage, wall time left out."""
+    out = {}
+    for seed in range(SEEDS):
+        seed_dir = common.finetune_dir(root, TASK) / f"seed_{seed}"
+        result = json.loads((seed_dir / "result.json").read_text())
+        result.pop("wall_time")
+        out[seed] = {"result": result, "curve": (seed_dir / "curve.csv").read_text()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
+    root = tmp_path_factory.mktemp("pretrained")
+    raw = yaml.safe_load(render("tiny", root=ROOT))
+    raw["seeds"] = SEEDS
+    raw["tasks"] = {TASK: raw["tasks"][TASK]}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data" / TASK).mkdir(parents=True)
+    shutil.copy(hopper_random_hdf5, common.data_path(root, TASK))
+    params, plans = load_params(root / "params.yaml")
+    pretrain.run_stage(plans[TASK], params, root=root, track=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def baseline(pretrained, tmp_path_factory) -> dict:
+    """An uninterrupted run on the default backend (loky)."""
+    root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
+    params, plans = load_params(root / "params.yaml")
+    assert params.parallel.backend == "loky"
+    out = finetune.run_stage(plans[TASK], params, root=root, track=False)
+    assert out["summary"]["seeds"] == SEEDS
+    return {"results": results(root), "workers": out["workers"]}
+
+
+def work_dir(root: Path) -> Path:
+    dirs = list((root / ".cache" / "work" / TASK).glob("finetune-*"))
+    return dirs[0] if len(dirs) == 1 else None
+
+
+@pytest.mark.slow
+def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(pretrained, baseline, tmp_path):
+    root = stage_inputs(tmp_path / "repo", pretrained)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root),
+           "--params", str(root / "params.yaml")]
+    # its own process group: SIGKILL reaches the stage and its loky workers at once, as a power cut would
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    done = in_progress = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        work = work_dir(root)
+        if work is not None:
+            done = sorted(work.glob("seed_*/result.json"))
+            in_progress = [p for p in work.glob("seed_*/state.pt") if not (p.parent / "result.json").exists()]
+            if done and in_progress:  # a seed finished and another one is mid-way: kill everything
+                break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done and in_progress, f"no moment with a finished and a running seed:\n{proc.stdout.read().decode()}"
+    assert not common.finetune_dir(root, TASK).exists()  # published only when every seed is done
+    left = SEEDS - len(list(work_dir(root).glob("seed_*/result.json")))
+    assert left > 0
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{left} of {SEEDS} seeds to run ({SEEDS - left} done before)" in rerun.stdout
+    assert results(root) == baseline["results"]  # bit for bit: every float in result.json and curve.csv
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"odt/{TASK}")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert sorted(r.data.tags.get("seed", "parent") for r in runs) == [*map(str, range(SEEDS)), "parent"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        if "seed" in run.data.tags:
+            rows = json.loads((work_dir(root) / f"seed_{run.data.tags['seed']}" / "rows.json").read_text())
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "wall_time")]
+            assert sorted(steps) == [int(r["step"]) for r in rows]  # every row once: none lost, none twice
+
+
+@pytest.mark.slow
+def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretrained, baseline, tmp_path, capsys):
+    root = stage_inputs(tmp_path / "repo", pretrained)
+    params, plans = load_params(root / "params.yaml")
+    work = common.finetune_work_dir(plans[TASK], params, root=root)
+    (work / "seed_2").mkdir(parents=True)
+    (work / "seed_2" / "state.pt").write_bytes(b"not a checkpoint")  # seed 2 cannot resume
+    args = ["--task", TASK, "--root", str(root), "--params", str(root / "params.yaml"), "--no-track"]
+    assert finetune.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: finetune {TASK} seed 2 failed: ValueError: checkpoint ")
+    assert err.endswith(f"({SEEDS - 1} other seeds finished and are kept for the rerun)")
+    assert sorted(p.parent.name for p in work.glob("seed_*/result.json")) == ["seed_0", "seed_1", "seed_3"]
+    assert not common.finetune_dir(root, TASK).exists()  # nothing half-published
+
+    (work / "seed_2" / "state.pt").unlink()
+    assert finetune.main(args) == 0
+    assert f"1 of {SEEDS} seeds to run" in capsys.readouterr().out
+    assert results(root) == baseline["results"]
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_numbers_of_the_default_backend_with_one_thread_per_seed(pretrained, baseline, tmp_path):
+    from distributed import LocalCluster
+
+    root = stage_inputs(tmp_path / "repo", pretrained)
+    params, plans = load_params(root / "params.yaml")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = finetune.run_stage(plans[TASK], params, root=root, track=False, backend="dask",
+                                 address=cluster.scheduler_address)
+    assert results(root) == baseline["results"]
+    workers = out["workers"]
+    assert sorted(w["seed"] for w in workers) == list(range(SEEDS))
+    assert all(w["threads"] == 1 for w in workers) and len({w["pid"] for w in workers}) <= 2
+    assert os.getpid() not in {w["pid"] for w in workers}  # ran on the cluster's worker processes
+
+
+def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
+    workers = baseline["workers"]  # as each worker process reported them from inside
+    pids = {w["pid"] for w in workers}
+    threads = {w["threads"] for w in workers}
+    assert sorted(w["seed"] for w in workers) == list(range(SEEDS))
+    assert threads == {1} and 1 <= len(pids) <= min(2, common.available_cores())  # n_jobs 2 in the tiny profile
+    assert os.getpid() not in pids
