@@ -14,6 +14,7 @@ leaves `result.json`, so a rerun never recomputes it.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import dataclasses
@@ -53,6 +54,35 @@ def fail(message: str, code: int = 2, *, trace: bool = False) -> int:
         traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def stage_main(argv: list[str] | None, *, doc: str, stage: str, run: Callable[..., dict[str, Any]], root_help: str,
+               failed: tuple[type[Exception], ...] = ()) -> int:
+    """The command line every per-task stage shares: --task, --params, --root, --no-track.
+
+    `run(plan, params, root=..., track=...)` returns the one-line JSON summary to print. Bad
+    input is one `error:` line and exit 2; a failed run (or one of `failed`) exits 1.
+    """
+    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
+    from odt.envs import EnvMismatchError  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", default=".", help=root_help)
+    ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    args = ap.parse_args(argv)
+    params, plan = load_or_exit(args.params, args.task)
+    try:
+        summary = run(plan, params, root=Path(args.root), track=not args.no_track)
+    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
+        return fail(str(err))
+    except failed as err:
+        return fail(str(err), code=1)
+    except Exception as err:
+        return fail(f"{stage} {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)
+    print(json.dumps(summary))
+    return 0
 
 
 def load_or_exit(path: str | Path, task: str | None = None) -> tuple[Params, TaskPlan | None]:

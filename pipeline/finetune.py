@@ -14,7 +14,6 @@ with a message naming task and seed; the other seeds' results are kept for the r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,9 +23,6 @@ from typing import Any
 
 import torch
 
-from odt.config import ConfigError
-from odt.datasets.hdf5 import DatasetError
-from odt.envs import EnvMismatchError
 from pipeline import common
 from pipeline.params import Params, TaskPlan
 
@@ -182,23 +178,12 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--root", default=".", help="repository root (runs/, .cache/ and mlflow.db live there)")
-    ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    args = ap.parse_args(argv)
-    params, plan = common.load_or_exit(args.params, args.task)
-    try:
-        out = run_stage(plan, params, root=Path(args.root), track=not args.no_track)
-    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
-        return common.fail(str(err))
-    except SeedsFailed as err:
-        return common.fail(str(err), code=1)
-    except Exception as err:
-        return common.fail(f"finetune {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)
-    print(json.dumps({k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "online_mean", "delta")}))
-    return 0
+    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
+        out = run_stage(plan, params, **kwargs)
+        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "online_mean", "delta")}
+
+    return common.stage_main(argv, doc=__doc__, stage="finetune", run=run, failed=(SeedsFailed,),
+                             root_help="repository root (runs/, .cache/ and mlflow.db live there)")
 
 
 if __name__ == "__main__":

@@ -222,16 +222,20 @@ def parse_params(raw: Any, where: str = "params.yaml") -> Params:
         raise ConfigError(format_validation_error(err, where)) from None
 
 
+def read_yaml(path: Path) -> Any:
+    """The parsed file, or a one-line ConfigError naming it and the first YAML problem."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
 def load_params(path: str | Path = "params.yaml", tasks: list[str] | None = None) -> tuple[Params, dict[str, TaskPlan]]:
     """Read and validate params.yaml; plans for `tasks` (default: all of them)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; write it with `python -m pipeline.profile quick`")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    params = parse_params(raw, str(path))
+    params = parse_params(read_yaml(path), str(path))
     names = list(params.tasks) if tasks is None else tasks
     return params, {name: plan_task(params, name) for name in names}
 

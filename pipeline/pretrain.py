@@ -8,14 +8,9 @@ MLflow experiment `odt/<task>`, run `pretrain`. Killed and rerun, it resumes.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from odt.config import ConfigError
-from odt.datasets.hdf5 import DatasetError
-from odt.envs import EnvMismatchError
 from pipeline import common
 from pipeline.params import Params, TaskPlan
 
@@ -60,21 +55,12 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--root", default=".", help="repository root (data/, runs/ and mlflow.db live there)")
-    ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    args = ap.parse_args(argv)
-    params, plan = common.load_or_exit(args.params, args.task)
-    try:
-        result = run_stage(plan, params, root=Path(args.root), track=not args.no_track)
-    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
-        return common.fail(str(err))
-    except Exception as err:
-        return common.fail(f"pretrain {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)
-    print(json.dumps({k: result[k] for k in ("task", "normalized_mean", "normalized_std", "updates")}))
-    return 0
+    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
+        result = run_stage(plan, params, **kwargs)
+        return {k: result[k] for k in ("task", "normalized_mean", "normalized_std", "updates")}
+
+    return common.stage_main(argv, doc=__doc__, stage="pretrain", run=run,
+                             root_help="repository root (data/, runs/ and mlflow.db live there)")
 
 
 if __name__ == "__main__":
