@@ -14,7 +14,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +80,12 @@ def held_bytes(arrays) -> int:
 
 
 def _rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS) in MB, from /proc (peak also via getrusage)."""
+    """(current RSS, peak RSS) in MB, from /proc.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child
+    started by a large parent (the update benchmark's paper-size model) would report the
+    parent's peak as its own.
+    """
     cur = peak = 0.0
     with open("/proc/self/status") as f:
         for line in f:
@@ -89,7 +93,7 @@ def _rss_mb() -> tuple[float, float]:
                 cur = int(line.split()[1]) / 1024
             elif line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) / 1024
-    return cur, max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return cur, peak
 
 
 def child(path: Path, updates: int) -> dict:
