@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import traceback
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from odt.atomic import atomic_path
+from odt.datasets.download import sha256_file
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import TrainConfig, validate
 from odt.model import DecisionTransformer, ModelConfig
@@ -116,45 +117,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _publishable(tmp: str) -> None:
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
-
-
 def write_text(path: str | Path, text: str) -> Path:
-    """Temp file beside the target, then os.replace: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _publishable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def copy_file(src: str | Path, dst: str | Path) -> Path:
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        _publishable(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return Path(dst)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -185,12 +157,8 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 
 # fingerprints -------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def _file_sha(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: the cache key
+    return sha256_file(path)
 
 
 def file_sha(path: str | Path) -> str:
@@ -776,15 +744,9 @@ def plot_curve(path: Path, curve: list[dict[str, float]], *, title: str, paper_o
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        _publishable(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)

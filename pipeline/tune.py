@@ -21,6 +21,7 @@ reads) and -history.png / -importance.png beside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from odt.config import ConfigError
+from odt.datasets.download import file_lock
 from pipeline import common
 from pipeline.params import TUNABLE, Params, TaskPlan, TuneParams, tuned_path
 
@@ -88,15 +90,21 @@ def open_storage(spec: str, root: Path):
     url = label if label.startswith("sqlite:///") else spec
     backend = url.split(":", 1)[0].split("+", 1)[0]
     connect = {"sqlite": {"timeout": 60}, "postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+    # Two workers creating the tables of a new database at once race on its schema: on a
+    # local sqlite file a lock beside it serialises them; on a server the loser retries.
+    db = Path(url[len("sqlite:///"):]) if backend == "sqlite" and url != "sqlite:///:memory:" else None
+    lock = (lambda: file_lock(db.with_name(db.name + ".lock"))) if db and db.parent.is_dir() else contextlib.nullcontext
     try:
-        for attempt in range(3):  # two workers creating the tables of a new database at once: one loses, retries
+        for attempt in range(3):
             try:
-                storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs={"connect_args": connect[backend]} if backend in connect else None,
-                    heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                with lock():
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs={"connect_args": connect[backend]} if backend in connect else None,
+                        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
                 break
-            except sqlalchemy.exc.OperationalError as err:
-                if attempt == 2 or not any(s in str(err) for s in ("already exists", "locked")):
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+                racing = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
+                if attempt == 2 or not any(s in str(err) for s in racing):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError:

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from odt.atomic import atomic_path
+
 CHUNK = 1 << 20
 MAX_STALLS = 3  # consecutive attempts that bring no new byte before giving up
 MAX_ATTEMPTS = 100  # attempts in all, however much each brings
@@ -155,10 +157,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, pr
 
 
 def _write_sidecar(dest: Path, record: dict) -> None:
-    side = dest.with_name(dest.name + ".json")
-    tmp = side.with_name(side.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, side)
+    with atomic_path(dest.with_name(dest.name + ".json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def cached_ok(dest: Path, sha256: str | None = None) -> bool:

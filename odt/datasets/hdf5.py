@@ -9,13 +9,13 @@ rule). A cut-off tail is kept as a trajectory without a terminal.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import h5py
 import numpy as np
 
+from odt.atomic import atomic_path
 from odt.data import Trajectory
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -131,10 +131,7 @@ def write_d4rl_hdf5(
     timeouts[ends] = ~term[ends]
     if metadata and metadata.get("tail"):
         timeouts[ends[-1]] = False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in (("observations", obs), ("next_observations", nxt), ("actions", act),
                                ("rewards", rew), ("terminals", term), ("timeouts", timeouts)):
@@ -143,11 +140,6 @@ def write_d4rl_hdf5(
                 f.create_dataset(key, data=value)
             for key, value in (metadata or {}).items():
                 f.attrs[key] = value if value is not None else ""
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

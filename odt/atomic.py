@@ -1,0 +1,36 @@
+"""Atomic file writes: every file odt or the pipeline writes goes through `atomic_path`.
+
+Write to a temporary file beside the target, fsync it, then rename it over the target, so
+a reader, or a process killed mid-write, sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path to write; it replaces `path` when the block succeeds and is removed when it fails.
+
+    `suffix` keeps the extension for writers that infer the format from it (matplotlib).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # already renamed on success; the half-written file on failure
