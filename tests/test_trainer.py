@@ -110,7 +110,8 @@ def online_trainer(**kw):
 def test_tiny_online_finetune_on_hopper_runs_end_to_end():
     trainer = online_trainer()
     trainer.pretrain(5, progress=False)
-    offline_ids = {id(t) for t in trainer.buffer.trajectories}
+    # by content, not id(): the buffer hands out fresh views, whose ids Python may reuse
+    offline = {t.observations.tobytes() for t in trainer.buffer.trajectories}
     logs = []
     history = trainer.finetune(hopper_envs(1), hopper_envs(2), callback=logs.append,
                                score=lambda r: r / 10.0, progress=False)
@@ -120,7 +121,12 @@ def test_tiny_online_finetune_on_hopper_runs_end_to_end():
     assert history and history[-1]["online_samples"] == trainer.online_samples
     assert all(h["eval_normalized"] == pytest.approx(h["eval_return"] / 10.0) for h in history)
     assert all(np.isfinite(m["loss"]) for m in logs)
-    assert not offline_ids & {id(t) for t in trainer.buffer.trajectories}
+    # FIFO: each round's rollout pushed out the oldest entry; the newest entries are the rollouts
+    final = [t.observations.tobytes() for t in trainer.buffer.trajectories]
+    n_online = min(len(final), trainer.rounds * trainer.cfg.rollouts_per_round)
+    assert trainer.rounds >= 2
+    assert sum(f in offline for f in final) == len(final) - n_online
+    assert not offline & set(final[-n_online:])
     # the newest trajectory in the buffer is the last exploration rollout (hindsight RTGs from its rewards)
     newest = trainer.buffer.trajectory(len(trainer.buffer) - 1)
     np.testing.assert_allclose(trainer.buffer.returns_to_go[-len(newest):][0], newest.rewards.sum(), rtol=1e-5)
