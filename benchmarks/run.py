@@ -15,10 +15,8 @@ import datetime as dt
 import importlib
 import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import Result, machine_info
+from odt.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "reports" / "benchmarks.md"
@@ -94,11 +93,8 @@ def _fmt(x: float, unit: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def render(sections: dict[str, dict[str, Any]]) -> str:

@@ -129,18 +129,6 @@ def copy_file(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a fully written directory into place (the old one, if any, is removed after)."""
-    dst = Path(dst)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
     lines = [",".join(columns)] + [",".join(_fmt(r.get(c, "")) for c in columns) for r in rows]
     return write_text(path, "\n".join(lines) + "\n")

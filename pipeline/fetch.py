@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from odt.atomic import atomic_dir
 
 SOURCES = ("d4rl", "minari", "generate", "file")
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,23 +132,13 @@ def write_dataset(out: Path, task: str, trajectories: list, meta: dict[str, Any]
     """DIR/<task>.hdf5 and DIR/<task>.json, built in a temp directory beside DIR, then swapped in."""
     from odt.datasets.hdf5 import write_d4rl_hdf5  # noqa: PLC0415
 
-    from pipeline.common import file_sha, replace_dir, write_json  # noqa: PLC0415
+    from pipeline.common import file_sha, write_json  # noqa: PLC0415
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         attrs = {"task": task, "source": meta["source"], "tail": tail}
         h5 = write_d4rl_hdf5(tmp / f"{task}.hdf5", trajectories, metadata=attrs)
         meta = {**meta, "tail": tail, "sha256": file_sha(h5), "file": f"{task}.hdf5"}
         write_json(tmp / f"{task}.json", meta)
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

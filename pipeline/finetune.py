@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from odt.atomic import atomic_dir
 from pipeline import common
 from pipeline.params import Params, TaskPlan
 
@@ -154,12 +154,9 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track
 
     results = [common.seed_done(work, s) for s in seeds]
     out = common.finetune_dir(root, plan.name)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run killed while publishing
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    for s in seeds:
-        common.publish_seed(work / f"seed_{s}", tmp / f"seed_{s}")
-    common.replace_dir(tmp, out)
+    with atomic_dir(out) as tmp:
+        for s in seeds:
+            common.publish_seed(work / f"seed_{s}", tmp / f"seed_{s}")
     summary = {"task": plan.name, **common.summarize(results),
                "online_samples": plan.finetune.online_samples, "hparams": results[0]["hparams"]}
     common.write_json(out.parent / "finetune.json", summary)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from odt.atomic import atomic_dir
 from odt.config import ConfigError
 from pipeline import common
 from pipeline.params import Params, plan_task
@@ -134,16 +134,12 @@ def run_stage(params: Params, *, root: Path = common.ROOT, reports: Path | None 
                            ("offline_mean", "offline_std", "online_mean", "online_std", "delta", "paper_online", "paper_delta")}
                for r in table.to_dict("records")}
     common.write_json(reports / "metrics.json", metrics)
-    for tmp_dir in (reports / ".curves.tmp", reports / ".plots.tmp"):
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a killed run: may hold another profile's tasks
-        tmp_dir.mkdir(parents=True)
-    for r in table.to_dict("records"):
-        curve = common.aggregate_curves(curves[r["task"]], r["online_samples"])
-        common.write_csv(reports / ".curves.tmp" / f"{r['task']}.csv", curve, list(curve[0]))
-        common.plot_curve(reports / ".plots.tmp" / f"{r['task']}.png", curve, title=f"{r['task']} ({params.profile} profile)",
-                          paper_online=r["paper_online"], offline=r["offline_mean"])
-    common.replace_dir(reports / ".curves.tmp", reports / "curves")
-    common.replace_dir(reports / ".plots.tmp", reports / "plots")
+    with atomic_dir(reports / "curves") as curve_dir, atomic_dir(reports / "plots") as plot_dir:
+        for r in table.to_dict("records"):
+            curve = common.aggregate_curves(curves[r["task"]], r["online_samples"])
+            common.write_csv(curve_dir / f"{r['task']}.csv", curve, list(curve[0]))
+            common.plot_curve(plot_dir / f"{r['task']}.png", curve, title=f"{r['task']} ({params.profile} profile)",
+                              paper_online=r["paper_online"], offline=r["offline_mean"])
     if track:
         _track(params, root, reports, table)
     return table

@@ -68,7 +68,7 @@ def test_tiny_hopper_run_makes_both_datasets(hopper_run, count_runs):
 
 def test_same_seed_same_data_and_concurrent_fetches_train_once(hopper_run, tmp_path, count_runs):
     _, medium, _ = hopper_run
-    stale = tmp_path / f".{medium.parent.name}.dead"  # left by a killed run
+    stale = tmp_path / f".{medium.parent.name}.tmp-dead"  # left by a killed run
     stale.mkdir()
     results = []
     threads = [threading.Thread(target=lambda t=t: results.append(generate_task(t, cache_dir=tmp_path, **TINY)))

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from odt.atomic import atomic_dir
 from odt.data import Trajectory
 from odt.datasets.download import file_lock
 from odt.datasets.hdf5 import write_d4rl_hdf5
@@ -184,18 +183,8 @@ def generate_task(task: str | TaskSpec, *, seed: int = 0, train_steps: int | Non
     run_dir = cache_dir / name
     with file_lock(cache_dir / f"{name}.lock"):  # a concurrent fetch of the sibling task waits for this run
         if not (run_dir / "run.json").is_file():
-            for stale in cache_dir.glob(f".{name}.*"):  # left by a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir))
-            try:
+            with atomic_dir(run_dir) as tmp:  # also clears what a killed run left beside it
                 generate_run(spec, tmp, seed=seed, train_steps=train_steps, target_return=target_return,
                              transitions=transitions, env_version=env_version, progress=progress)
-                os.chmod(tmp, 0o755)
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)
-                os.replace(tmp, run_dir)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
     info = json.loads((run_dir / "run.json").read_text())
     return run_dir / f"{spec.dataset}.hdf5", {**info, "run_dir": str(run_dir)}
