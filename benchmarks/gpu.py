@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.common import Figure, Result
 from benchmarks.update import make_trainer
+from benchmarks.update import run as update_benchmark
 
 ODT_DIR = str(Path(__import__("odt").__file__).resolve().parent)
 SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -54,11 +55,8 @@ def assert_no_host_sync():
         raise AssertionError("host syncs inside the update loop: " + "; ".join(sorted(set(calls))))
 
 
-def run(*, updates: int = 50, warmup: int = 5, config: str | tuple[int, int, int] = "paper",
-        batch_size: int = 256, context_len: int = 20) -> Result:
-    if not torch.cuda.is_available():
-        return Result("gpu", "GPU path", skipped="no GPU found: torch.cuda.is_available() is False, so the "
-                      "GPU figures (updates/s, peak GPU memory) were not measured on this machine.")
+def updates_per_second(config: str, *, updates: int, warmup: int, batch_size: int, context_len: int) -> tuple[float, float, str]:
+    """(updates/s, peak GiB, label) of ODTTrainer.update on CUDA; any host sync inside raises."""
     trainer = make_trainer(config, batch_size=batch_size, context_len=context_len, device="cuda")
     for _ in range(warmup):
         trainer.update()
@@ -73,13 +71,36 @@ def run(*, updates: int = 50, warmup: int = 5, config: str | tuple[int, int, int
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     secs = time.perf_counter() - t0
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30
     d, L, H = trainer.model_cfg.embed_dim, trainer.model_cfg.n_layer, trainer.model_cfg.n_head
-    figures = [Figure(f"updates per second, d{d} L{L} H{H}, B={batch_size}, K={context_len}", [updates / secs], "1/s"),
-               Figure("peak GPU memory allocated", [peak_gib], "GiB")]
-    notes = [f"{torch.cuda.get_device_name(0)}; bf16 autocast, pinned host-to-device batches; {updates} updates "
-             "timed under torch.cuda.set_sync_debug_mode('error') (no host sync inside the loop)."]
-    return Result("gpu", "GPU path", figures, notes=notes)
+    return updates / secs, torch.cuda.max_memory_allocated() / 2**30, f"d{d} L{L} H{H}"
+
+
+def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, int, int], ...] = ("paper", "small"),
+        batch_size: int = 256, context_len: int = 20, ratio_repeats: int = 3) -> Result:
+    if not torch.cuda.is_available():
+        return Result("gpu", "GPU path", skipped="no GPU found: torch.cuda.is_available() is False, so the "
+                      "GPU figures (updates/s, peak GPU memory) were not measured on this machine.")
+    figures, rows = [], []
+    for config in configs:
+        rates, peak, label = [], 0.0, ""
+        for _ in range(ratio_repeats):
+            rate, peak, label = updates_per_second(config, updates=updates, warmup=warmup,
+                                                   batch_size=batch_size, context_len=context_len)
+            rates.append(rate)
+        name = f"{config} ({label})" if isinstance(config, str) else label
+        figures.append(Figure(f"updates per second, {name}, B={batch_size}, K={context_len}", rates, "1/s"))
+        figures.append(Figure(f"peak GPU memory allocated, {name}", [peak], "GiB"))
+    # the same side-by-side ratio as the CPU update benchmark: what the host side costs on a GPU
+    ratio = update_benchmark(configs={c: updates for c in configs}, repeats=ratio_repeats, batch_size=batch_size,
+                             context_len=context_len, device="cuda")
+    for f in ratio.figures:
+        f.name += " on the GPU"
+    figures += ratio.figures
+    rows += ratio.rows
+    notes = [f"{torch.cuda.get_device_name(0)}; bf16 autocast, pinned host-to-device batches; {updates} updates per "
+             "timing, each run under torch.cuda.set_sync_debug_mode('error') (no host sync inside the loop); "
+             f"{ratio_repeats} repeats."]
+    return Result("gpu", "GPU path", figures, rows, notes=notes)
 
 
 if __name__ == "__main__":

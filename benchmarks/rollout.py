@@ -36,10 +36,16 @@ def run(
     model: dict | None = None,
     context_len: int | None = None,
     env_id: str = "Hopper-v5",
+    device: str = "cpu",
 ) -> Result:
+    """`device="cuda"`: the network on the GPU (bf16 autocast, as rollout runs it there), envs on the CPU."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return Result("rollout_gpu", "Rollouts on a GPU", skipped="no GPU found: torch.cuda.is_available() is False")
     torch.manual_seed(0)
     cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=20, **(model or SMALL))
-    net = DecisionTransformer(cfg)  # weights do not change the cost of a step
+    net = DecisionTransformer(cfg).to(device)  # weights do not change the cost of a step
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     K = context_len or TrainConfig().eval_context_len
     common = dict(target_return=3600.0, reward_scale=1e-3, state_mean=np.zeros(OBS_DIM, np.float32),
                   state_std=np.ones(OBS_DIM, np.float32), context_len=K, max_steps=steps)
@@ -60,14 +66,16 @@ def run(
         def evaluate() -> int:
             return int(rollout(net, envs, sample=False, seeds=list(range(N)), **common).lengths.sum())
 
-        inputs = (torch.zeros(N, K, OBS_DIM), torch.zeros(N, K, ACT_DIM), torch.zeros(N, K),
-                  torch.arange(K).expand(N, K), None)
+        inputs = (torch.zeros(N, K, OBS_DIM, device=device), torch.zeros(N, K, ACT_DIM, device=device),
+                  torch.zeros(N, K, device=device), torch.arange(K, device=device).expand(N, K), None)
 
         @torch.inference_mode()
         def forward_only() -> int:  # the network alone, as rollout calls it once per step
             net.eval()
             for _ in range(steps):
-                net(*inputs, last_only=True)
+                with autocast:
+                    net(*inputs, last_only=True)[0].cpu()  # rollout reads each action on the host
+            sync()
             return N * steps
 
         raw(), explore(), evaluate(), forward_only()  # warm-up
@@ -90,5 +98,8 @@ def run(
         envs.close()
     notes = [f"{env_id} (terminate_when_unhealthy=False), {steps} steps per episode, small model "
              f"(d{cfg.embed_dim} L{cfg.n_layer} H{cfg.n_head}), evaluation context K={K}, "
-             f"torch threads={torch.get_num_threads()}."]
+             f"torch threads={torch.get_num_threads()}, network on {device}"
+             + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast)" if device == "cuda" else "") + "."]
+    if device == "cuda":
+        return Result("rollout_gpu", "Rollouts on a GPU", figures, rows, notes)
     return Result("rollout", "Rollouts", figures, rows, notes)

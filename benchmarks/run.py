@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                  # sampler, update, rollout, memory, logging, gpu
     python -m benchmarks.run --e2e            # ... plus `make repro` from a fresh clone (slow)
-    python -m benchmarks.run --gpu            # only the GPU benchmark
+    python -m benchmarks.run --gpu            # only the GPU benchmarks (updates/s, rollouts)
     python -m benchmarks.run --only sampler,rollout --quick
 
 Results merge into the report by benchmark: a partial run replaces only its own
@@ -34,12 +34,13 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "update": ("benchmarks.update", {"configs": {"small": 3, "paper": 1}, "repeats": {"small": 5, "paper": 3}},
                {"configs": {"small": 1}, "repeats": 3, "batch_size": 64}),
     "rollout": ("benchmarks.rollout", {}, {"num_envs": (10,), "steps": 50, "repeats": 3}),
+    "rollout_gpu": ("benchmarks.rollout", {"device": "cuda"}, {"device": "cuda", "num_envs": (10,), "steps": 50, "repeats": 3}),
     "memory": ("benchmarks.memory", {}, {"transitions": 100_000, "n_traj": 100}),
     "logging": ("benchmarks.mlflow_logging", {}, {"quick": True}),
-    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2}),
+    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1}),
     "e2e": ("benchmarks.e2e", {}, {}),
 }
-DEFAULT = ["sampler", "update", "rollout", "memory", "logging", "gpu"]
+DEFAULT = ["sampler", "update", "rollout", "memory", "logging", "gpu", "rollout_gpu"]
 
 
 def fail(msg: str) -> None:
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             fail(f"--only: unknown benchmark {', '.join(map(repr, unknown)) or '(none given)'}; "
                  f"choose from {', '.join(BENCHMARKS)}")
     else:
-        names = ["gpu"] if args.gpu else DEFAULT + (["e2e"] if args.e2e else [])
+        names = ["gpu", "rollout_gpu"] if args.gpu else DEFAULT + (["e2e"] if args.e2e else [])
     if args.gpu and "gpu" not in names:
         names.append("gpu")
     if args.e2e and "e2e" not in names:

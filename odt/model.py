@@ -52,16 +52,28 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, last_query: bool = False) -> torch.Tensor:
+        """`last_query`: only the newest token asks (inference); every token still answers."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if last_query:
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(x[:, -1:], w[:C], b[:C])
+            k, v = F.linear(x, w[C:], b[C:]).split(C, dim=2)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        Tq = q.shape[1]
+        hs = C // self.n_head
+        q = q.view(B, Tq, self.n_head, hs).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (k, v))
         dropout_p = self.dropout if self.training else 0.0
-        if attn_mask is None:  # no padding: the fused causal kernel
+        if last_query:  # the newest token sees every key: no causal mask, only the padding
+            mask = None if attn_mask is None else attn_mask[..., -1:, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        elif attn_mask is None:  # no padding: the fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, Tq, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -85,8 +97,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.embed_dim)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, last_query: bool = False) -> torch.Tensor:
+        """`last_query`: compute the output of the newest token only (the last block at inference)."""
+        x = (x[:, -1:] if last_query else x) + self.attn(self.ln_1(x), attn_mask, last_query)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -144,22 +157,25 @@ class DecisionTransformer(nn.Module):
             h_s, h_a, h_g = h_s + h_t, h_a + h_t, h_g + h_t
         # (g_1, s_1, a_1, g_2, s_2, a_2, ...): token 3t+1 is the state of step t
         x = torch.stack((h_g, h_s, h_a), dim=2).reshape(B, 3 * K, -1)
+        if last_only:  # the newest action token comes after the state token we read: causally unseen
+            x = x[:, :-1]
+        T = x.shape[1]
         x = self.drop(self.embed_ln(x))
 
         attn_mask = None
         if mask is not None:  # the caller passes None when nothing is padded (no host sync here)
-            keys = mask.bool().repeat_interleave(3, dim=1)  # (B, 3K)
-            causal = torch.ones(3 * K, 3 * K, dtype=torch.bool, device=x.device).tril()
+            keys = mask.bool().repeat_interleave(3, dim=1)[:, :T]  # (B, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             attn_mask = causal & keys[:, None, None, :]
             # a padded query sees nothing else; let it see itself so softmax stays finite
-            attn_mask = attn_mask | torch.eye(3 * K, dtype=torch.bool, device=x.device)
-        for block in self.blocks:
-            x = block(x, attn_mask)
+            attn_mask = attn_mask | torch.eye(T, dtype=torch.bool, device=x.device)
+        for i, block in enumerate(self.blocks):
+            # at inference only the newest state token's output is read: the last block
+            # computes that one token (about a quarter of a small model's forward saved)
+            x = block(x, attn_mask, last_query=last_only and i == len(self.blocks) - 1)
         x = self.ln_f(x)
 
-        h = x[:, 1::3]  # state tokens
-        if last_only:
-            h = h[:, -1:]
+        h = x if last_only else x[:, 1::3]  # state tokens; last_only: x is the newest one already
         mean = self.mean_head(h)
         if self.log_std_head is None:
             return torch.tanh(mean), None

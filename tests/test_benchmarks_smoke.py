@@ -78,11 +78,16 @@ def test_logging_benchmark():
 
 
 def test_gpu_benchmark_says_when_there_is_no_gpu():
-    r = gpu.run(updates=1, warmup=0, config=(16, 1, 1), batch_size=4, context_len=3)
+    r = gpu.run(updates=1, warmup=0, configs=((16, 1, 1),), batch_size=4, context_len=3, ratio_repeats=1)
     if r.skipped is not None:
         assert "no GPU found" in r.skipped and not r.figures
     else:
-        check(r, "gpu", 2)
+        check(r, "gpu", 3)  # updates/s, peak memory, update/bare ratio
+    r = rollout.run(num_envs=(2,), steps=3, repeats=1, model=dict(embed_dim=16, n_layer=1, n_head=1), device="cuda")
+    if r.skipped is not None:
+        assert "no GPU found" in r.skipped and not r.figures
+    else:
+        check(r, "rollout_gpu", 3)
 
 
 def test_update_loop_makes_no_host_sync_and_the_guard_can_fail():

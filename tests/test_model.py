@@ -64,6 +64,28 @@ def test_batched_inference_equals_one_sequence_at_a_time():
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("stochastic", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_last_only_equals_the_full_forward_read_at_the_newest_state(stochastic, padded):
+    """Inference drops the unseen newest action token and computes one query in the last block."""
+    model = make_model(stochastic=stochastic, n_layer=3)
+    s, a, g, t = inputs(B=3)
+    a[:, -1] = 7.0  # the newest action is not known at inference; it must not matter
+    mask = None
+    if padded:
+        mask = torch.ones(3, s.shape[1])
+        mask[0, :5] = 0.0
+        mask[2, :1] = 0.0
+    full_mean, full_std = model(s, a, g, t, mask)
+    last_mean, last_std = model(s, a, g, t, mask, last_only=True)
+    assert last_mean.shape == (3, 1, 3)
+    torch.testing.assert_close(last_mean, full_mean[:, -1:], atol=1e-5, rtol=1e-5)
+    if stochastic:
+        torch.testing.assert_close(last_std, full_std[:, -1:], atol=1e-5, rtol=1e-5)
+    else:
+        assert last_std is None and full_std is None
+
+
 def test_heads_shapes_and_bounds():
     s, a, g, t = inputs()
     mean, log_std = make_model()(s, a, g, t)
