@@ -1,8 +1,9 @@
 """GPU path: updates per second and peak GPU memory of the paper config, when CUDA is there.
 
 The update loop must not wait on the GPU: metrics stay on the device and
-ODTTrainer.train_updates reads them once at the end. On CUDA the timed updates run
-under torch.cuda.set_sync_debug_mode("error"), so any synchronising call inside
+ODTTrainer.train_updates reads them once at the end. On CUDA a few updates run under
+torch.cuda.set_sync_debug_mode("error") before the timed ones (the mode slows every
+op, so it is not on while timing), and any synchronising call inside
 ODTTrainer.update fails the benchmark. Without a GPU, `assert_no_host_sync` checks the
 part of that contract visible on the CPU: odt's own code never calls item(), float(),
 bool(), int(), tolist(), numpy() or cpu() on a tensor during an update.
@@ -61,14 +62,17 @@ def updates_per_second(config: str, *, updates: int, warmup: int, batch_size: in
     for _ in range(warmup):
         trainer.update()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
     torch.cuda.set_sync_debug_mode("error")  # any sync inside update() raises
-    try:
-        for _ in range(updates):
+    try:  # checked on a few updates, not timed: the debug mode itself slows every op
+        for _ in range(3):
             trainer.update()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        trainer.update()
     torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     d, L, H = trainer.model_cfg.embed_dim, trainer.model_cfg.n_layer, trainer.model_cfg.n_head
@@ -93,13 +97,18 @@ def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, i
     # the same side-by-side ratio as the CPU update benchmark: what the host side costs on a GPU
     ratio = update_benchmark(configs={c: updates for c in configs}, repeats=ratio_repeats, batch_size=batch_size,
                              context_len=context_len, device="cuda")
-    for f in ratio.figures:
+    for f in ratio.figures:  # informational: the 1.10x target is the CPU benchmark's (see the note)
         f.name += " on the GPU"
+        f.target, f.met = "", None
     figures += ratio.figures
     rows += ratio.rows
     notes = [f"{torch.cuda.get_device_name(0)}; bf16 autocast, pinned host-to-device batches; {updates} updates per "
-             "timing, each run under torch.cuda.set_sync_debug_mode('error') (no host sync inside the loop); "
-             f"{ratio_repeats} repeats."]
+             "timing; before each timing, 3 updates run under torch.cuda.set_sync_debug_mode('error'), which "
+             f"raises on any host sync inside the update; {ratio_repeats} repeats.",
+             "The update/bare ratio on the GPU counts kernel launches more than work: at these sizes both sides "
+             "are bound by the host launching a few hundred small kernels per update, and the GPU idles most of "
+             "the step, so the extra launches around the network (batch transfer, gradient clipping, the "
+             "temperature step) weigh more than on the CPU, where the 1.10x target is measured."]
     return Result("gpu", "GPU path", figures, rows, notes=notes)
 
 

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_least, interleaved
 from odt.config import TrainConfig
-from odt.evaluation import rollout
+from odt.evaluation import cuda_graph_policy, rollout
 from odt.model import DecisionTransformer, ModelConfig
 
 TARGET = 0.70
@@ -26,6 +26,22 @@ SMALL = dict(embed_dim=128, n_layer=3, n_head=1)
 
 def hopper_vector_env(num_envs: int, env_id: str = "Hopper-v5") -> gym.vector.SyncVectorEnv:
     return gym.vector.SyncVectorEnv([partial(gym.make, env_id, terminate_when_unhealthy=False)] * num_envs)
+
+
+@torch.inference_mode()
+def check_graph_matches_eager(net: DecisionTransformer, n: int, k: int) -> None:
+    """The captured graph computes what the eager forward does (bf16 tolerance), padded or not."""
+    net.eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(n, k, OBS_DIM, device="cuda", generator=g), torch.rand(n, k, ACT_DIM, device="cuda", generator=g),
+         torch.rand(n, k, device="cuda", generator=g), torch.arange(k, device="cuda").expand(n, k))
+    policy = cuda_graph_policy(net, n, k, OBS_DIM, ACT_DIM)
+    for mask in (None, (torch.arange(k, device="cuda") >= k // 2).float().expand(n, k)):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            want = net(*x, mask, last_only=True)
+        got = policy(*x, mask)
+        for w, o in zip(want, got):
+            torch.testing.assert_close(o, w.float(), atol=3e-2, rtol=3e-2)
 
 
 def run(
@@ -45,7 +61,6 @@ def run(
     cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=20, **(model or SMALL))
     net = DecisionTransformer(cfg).to(device)  # weights do not change the cost of a step
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     K = context_len or TrainConfig().eval_context_len
     common = dict(target_return=3600.0, reward_scale=1e-3, state_mean=np.zeros(OBS_DIM, np.float32),
                   state_std=np.ones(OBS_DIM, np.float32), context_len=K, max_steps=steps)
@@ -72,18 +87,31 @@ def run(
         @torch.inference_mode()
         def forward_only() -> int:  # the network alone, as rollout calls it once per step
             net.eval()
+            policy = cuda_graph_policy(net, N, K, OBS_DIM, ACT_DIM) if device == "cuda" else None
             for _ in range(steps):
-                with autocast:
-                    net(*inputs, last_only=True)[0].cpu()  # rollout reads each action on the host
+                if policy is not None:
+                    policy(*inputs)[0].cpu()  # rollout reads each action on the host
+                else:
+                    net(*inputs, last_only=True)
             sync()
             return N * steps
 
-        raw(), explore(), evaluate(), forward_only()  # warm-up
-        t = interleaved({"raw": raw, "explore": explore, "eval": evaluate, "forward": forward_only}, repeats)
+        sides = {"raw": raw, "explore": explore, "eval": evaluate, "forward": forward_only}
+        if device == "cuda":
+            check_graph_matches_eager(net, N, K)
+
+            def evaluate_eager() -> int:  # kernels launched one by one, no CUDA graph
+                return int(rollout(net, envs, sample=False, seeds=list(range(N)), cuda_graph=False,
+                                   **common).lengths.sum())
+
+            sides["eval, no CUDA graph"] = evaluate_eager
+        for fn in sides.values():  # warm-up (and the graph capture)
+            fn()
+        t = interleaved(sides, repeats)
         sps = {k: [n / s for s, n in v] for k, v in t.items()}
         # the best any rollout can do with this network: env time plus forward time, nothing else
         ceiling = [1.0 / (1.0 + r / f) for r, f in zip(sps["raw"], sps["forward"])]
-        for mode in ("explore", "eval"):
+        for mode in ("explore", "eval") + (("eval, no CUDA graph",) if device == "cuda" else ()):
             ratio = [o / r for o, r in zip(sps[mode], sps["raw"])]
             batched = N > 1
             figures.append(Figure(
@@ -99,7 +127,7 @@ def run(
     notes = [f"{env_id} (terminate_when_unhealthy=False), {steps} steps per episode, small model "
              f"(d{cfg.embed_dim} L{cfg.n_layer} H{cfg.n_head}), evaluation context K={K}, "
              f"torch threads={torch.get_num_threads()}, network on {device}"
-             + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast)" if device == "cuda" else "") + "."]
+             + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast, forward replayed from a CUDA graph)" if device == "cuda" else "") + "."]
     if device == "cuda":
         return Result("rollout_gpu", "Rollouts on a GPU", figures, rows, notes)
     return Result("rollout", "Rollouts", figures, rows, notes)

@@ -6,6 +6,7 @@ batched inference per step instead of one per environment.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -24,6 +25,67 @@ class RolloutResult:
     trajectories: list[Trajectory]  # raw observations, as a dataset stores them
 
 
+class CudaGraphPolicy:
+    """The inference forward for one (N envs, context K) shape, captured once as a CUDA graph.
+
+    A forward of the small model is about a hundred tiny kernels; launched one by one
+    from Python the GPU mostly waits for the host (measured: the forward alone capped
+    N=10 rollouts at 0.47x the raw env rate on an H200). Replaying the graph launches
+    them in one call. Inputs are copied into static buffers; the padded-mask path is
+    always taken (a mask of ones is the unpadded case), so one graph serves every step.
+    Parameters are read in place, so training between rollouts needs no recapture.
+    """
+
+    def __init__(self, model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int):
+        dev = next(model.parameters()).device
+        self.states = torch.zeros(n, k, obs_dim, device=dev)
+        self.actions = torch.zeros(n, k, act_dim, device=dev)
+        self.rtg = torch.zeros(n, k, device=dev)
+        self.timesteps = torch.zeros(n, k, dtype=torch.long, device=dev)
+        self.mask = torch.ones(n, k, device=dev)
+
+        def forward():
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                mean, log_std = model(self.states, self.actions, self.rtg, self.timesteps, self.mask, last_only=True)
+            return mean.float(), None if log_std is None else log_std.float()
+
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+            for _ in range(2):
+                forward()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.mean, self.log_std = forward()
+
+    def __call__(self, states, actions, rtg, timesteps, mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.states.copy_(states)
+        self.actions.copy_(actions)
+        self.rtg.copy_(rtg)
+        self.timesteps.copy_(timesteps)
+        if mask is None:
+            self.mask.fill_(1.0)
+        else:
+            self.mask.copy_(mask)
+        self.graph.replay()
+        return self.mean, self.log_std
+
+
+# one captured graph per model and shape; dropped with the model. The key holds the
+# parameters' addresses: moving or reallocating them makes a new capture.
+_GRAPHS: "weakref.WeakKeyDictionary[DecisionTransformer, dict]" = weakref.WeakKeyDictionary()
+
+
+def cuda_graph_policy(model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int) -> CudaGraphPolicy:
+    key = (n, k, obs_dim, act_dim, tuple(p.data_ptr() for p in model.parameters()))
+    graphs = _GRAPHS.setdefault(model, {})
+    if key not in graphs:
+        graphs.clear()  # stale addresses or another shape: keep one graph per model
+        graphs[key] = CudaGraphPolicy(model, n, k, obs_dim, act_dim)
+    return graphs[key]
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad per op
 def rollout(
     model: DecisionTransformer,
@@ -37,12 +99,15 @@ def rollout(
     sample: bool,
     seeds: list[int] | None = None,
     max_steps: int | None = None,
+    cuda_graph: bool = True,
 ) -> RolloutResult:
     """Run one episode in each of `envs.num_envs` environments.
 
     The context holds the last `context_len` steps (the evaluation context length),
     left-padded with mask 0 so every forward pass has the same shape. The RTG token
-    starts at `target_return` and drops by each reward received.
+    starts at `target_return` and drops by each reward received. On CUDA the forward
+    replays a captured graph (`cuda_graph=False`: eager kernels) and keeps computing
+    rows of finished envs, so that its shape never changes.
     """
     device = next(model.parameters()).device
     N = envs.num_envs
@@ -73,6 +138,8 @@ def rollout(
 
     slots = torch.arange(K, device=device)
     live, rows = np.arange(N), slice(None)  # while every env runs, index with a slice: views, no gather
+    graphed = cuda_graph and device.type == "cuda"
+    policy = cuda_graph_policy(model, N, K, obs_dim, act_dim) if graphed else None
     obs, _ = envs.reset(seed=seeds)
     for t in range(T):
         obs_buf[live, t] = obs[live]
@@ -83,15 +150,21 @@ def rollout(
         mask = None
         if t < K - 1:
             mask = (slots >= K - 1 - t).float().expand(len(live), K)
-        with autocast:
-            mean, log_std = model(
-                ctx_states[rows, window],
-                ctx_actions[rows, window],
-                ctx_rtg[rows, window],
-                ctx_time[window].expand(len(live), K),
-                mask,
-                last_only=True,
-            )
+        if graphed:  # all N rows, always; finished envs' rows are computed and ignored
+            mean, log_std = policy(ctx_states[:, window], ctx_actions[:, window], ctx_rtg[:, window],
+                                   ctx_time[window].expand(N, K), None if mask is None else mask[:1].expand(N, K))
+            if len(live) < N:
+                mean, log_std = mean[rows], None if log_std is None else log_std[rows]
+        else:
+            with autocast:
+                mean, log_std = model(
+                    ctx_states[rows, window],
+                    ctx_actions[rows, window],
+                    ctx_rtg[rows, window],
+                    ctx_time[window].expand(len(live), K),
+                    mask,
+                    last_only=True,
+                )
         mean = mean[:, -1].float()
         if log_std is None:  # deterministic policy: the head already gives the action
             action = mean
