@@ -36,6 +36,7 @@ def check_graph_matches_eager(net: DecisionTransformer, n: int, k: int) -> None:
     x = (torch.randn(n, k, OBS_DIM, device="cuda", generator=g), torch.rand(n, k, ACT_DIM, device="cuda", generator=g),
          torch.rand(n, k, device="cuda", generator=g), torch.arange(k, device="cuda").expand(n, k))
     policy = cuda_graph_policy(net, n, k, OBS_DIM, ACT_DIM)
+    assert policy is not None, "CUDA graph capture of the policy failed (see the warning)"
     for mask in (None, (torch.arange(k, device="cuda") >= k // 2).float().expand(n, k)):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             want = net(*x, mask, last_only=True)

@@ -6,6 +6,7 @@ batched inference per step instead of one per environment.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -72,17 +73,24 @@ class CudaGraphPolicy:
         return self.mean, self.log_std
 
 
-# one captured graph per model and shape; dropped with the model. The key holds the
+# captured graphs per model, by shape; dropped with the model. The key holds the
 # parameters' addresses: moving or reallocating them makes a new capture.
 _GRAPHS: "weakref.WeakKeyDictionary[DecisionTransformer, dict]" = weakref.WeakKeyDictionary()
 
 
-def cuda_graph_policy(model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int) -> CudaGraphPolicy:
-    key = (n, k, obs_dim, act_dim, tuple(p.data_ptr() for p in model.parameters()))
+def cuda_graph_policy(model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int) -> CudaGraphPolicy | None:
+    """The model's graph for this shape, captured on first use; None if capture fails (eager then)."""
+    ptrs = tuple(p.data_ptr() for p in model.parameters())
     graphs = _GRAPHS.setdefault(model, {})
+    for key in [key for key in graphs if key[-1] != ptrs]:
+        del graphs[key]
+    key = (n, k, obs_dim, act_dim, ptrs)
     if key not in graphs:
-        graphs.clear()  # stale addresses or another shape: keep one graph per model
-        graphs[key] = CudaGraphPolicy(model, n, k, obs_dim, act_dim)
+        try:
+            graphs[key] = CudaGraphPolicy(model, n, k, obs_dim, act_dim)
+        except RuntimeError as err:  # a kernel that cannot be captured here: run eagerly, say so once
+            warnings.warn(f"CUDA graph capture of the policy failed ({err}); rollouts run eagerly", stacklevel=3)
+            graphs[key] = None
     return graphs[key]
 
 
@@ -138,8 +146,8 @@ def rollout(
 
     slots = torch.arange(K, device=device)
     live, rows = np.arange(N), slice(None)  # while every env runs, index with a slice: views, no gather
-    graphed = cuda_graph and device.type == "cuda"
-    policy = cuda_graph_policy(model, N, K, obs_dim, act_dim) if graphed else None
+    policy = cuda_graph_policy(model, N, K, obs_dim, act_dim) if cuda_graph and device.type == "cuda" else None
+    graphed = policy is not None
     obs, _ = envs.reset(seed=seeds)
     for t in range(T):
         obs_buf[live, t] = obs[live]
