@@ -91,6 +91,8 @@ class TrajectoryReplayBuffer:
         self.terminals = np.ascontiguousarray(terminals, dtype=bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
+        self.ends = self.starts + self.lengths  # one past each trajectory's last row
+        self._num_transitions = int(self.lengths.sum())
         if obs_dim is not None:
             self.obs_dim = int(obs_dim)
 
@@ -115,7 +117,7 @@ class TrajectoryReplayBuffer:
 
     @property
     def num_transitions(self) -> int:
-        return int(self.lengths.sum())
+        return self._num_transitions
 
     def trajectory(self, i: int) -> Trajectory:
         """The i-th trajectory (0 = oldest), as views into the buffer: no copy."""
@@ -151,25 +153,29 @@ class TrajectoryReplayBuffer:
         distribution; the segment is [start, start + K) cut at the trajectory's end, and
         the missing steps are padded on the left.
         """
-        K = context_len
-        # sorted: the order of segments in a batch is immaterial, and sorted keys search and gather faster
-        start = np.sort(rng.integers(0, self.num_transitions, size=batch_size))
-        traj = np.searchsorted(self.starts, start, side="right") - 1
-        traj_start = self.starts[traj]
-        pad = K - np.minimum(K, traj_start + self.lengths[traj] - start)  # (B,)
-        first = start - pad  # each segment is rows [first, first + K); its first `pad` slots become padding
+        K, n = context_len, self._num_transitions
+        # A uniform row: floor(U * n) (cheaper than Generator.integers at this size), clamped
+        # because U * n can round up to n. Sorted: a batch's order is immaterial, sorted keys
+        # search and gather faster, and segment starts come out sorted too.
+        start = (rng.random(batch_size) * n).astype(np.int64)
+        start.sort()
+        np.minimum(start, n - 1, out=start)
+        traj = np.searchsorted(self.ends, start, side="right")
+        # the segment [start, start + K) cut at the trajectory's end and left-padded to K is
+        # rows [first, first + K) with its first `pad` slots zeroed
+        first = np.minimum(start, self.ends[traj] - K)
+        pad = start - first
         offs = np.arange(K)
-        timesteps = (first - traj_start)[:, None] + offs
-        if first.min() >= 0:  # one block copy per segment from a strided view (benchmarks/sampler.py)
+        timesteps = (first - self.starts[traj])[:, None] + offs
+        if first[0] >= 0:  # sorted, so first[0] is the smallest: one block copy per segment
             seg = _row_windows(self._table, K)[first]  # (B, K, obs + act + 2)
-        else:  # a segment starts before row 0 (the first trajectory is shorter than K); those slots are padding
+        else:  # a segment starts before row 0 (the first trajectory is shorter than K)
             seg = self._table.take(np.maximum(first[:, None] + offs, 0), axis=0)
-        mask = offs >= pad[:, None]  # (B, K)
+        mask = offs >= pad[:, None]
         rows = np.flatnonzero(pad)
-        if len(rows):  # zero the padding (rows of the previous trajectory)
-            r, slots = np.nonzero(~mask[rows])
-            seg[rows[r], slots] = 0
-            timesteps[rows[r], slots] = 0
+        if len(rows):  # zero the padding, only in the segments that have some
+            seg[rows] *= mask[rows, :, None]
+            timesteps[rows] *= mask[rows]
         o = self.obs_dim
         return Batch(seg[..., :o], seg[..., o:-2], seg[..., -2], seg[..., -1], timesteps, mask.astype(np.float32), traj)
 
