@@ -179,4 +179,8 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
     new = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
     assert new.loc[TASKS[1], "online_mean"] == table.loc[TASKS[1], "online_mean"]
     assert new.loc[TASKS[0], "offline_mean"] == table.loc[TASKS[0], "offline_mean"]  # same pretrained policy
-    assert new.loc[TASKS[0], "online_mean"] != table.loc[TASKS[0], "online_mean"]
+    # finetuning really re-ran with the new value (returns alone can coincide: a tiny policy
+    # whose tanh-bounded actions saturate plays the same episodes either way)
+    for p in sorted((repo / "runs" / TASKS[0] / "finetune").glob("seed_*/result.json")):
+        r = json.loads(p.read_text())
+        assert r["num_updates"] == r["rounds"] * 4 + 20, r  # 20 pretraining updates, then 4 per round

@@ -166,4 +166,5 @@ def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
     threads = {w["threads"] for w in workers}
     assert sorted(w["seed"] for w in workers) == list(range(SEEDS))
     assert threads == {1} and 1 <= len(pids) <= min(2, common.available_cores())  # n_jobs 2 in the tiny profile
-    assert os.getpid() not in pids
+    if common.available_cores() >= 2:  # on one core the seeds run in this process, one after another
+        assert os.getpid() not in pids
