@@ -56,7 +56,7 @@ def assert_no_host_sync():
         raise AssertionError("host syncs inside the update loop: " + "; ".join(sorted(set(calls))))
 
 
-def updates_per_second(config: str, *, updates: int, warmup: int, batch_size: int, context_len: int) -> tuple[float, float, str]:
+def updates_per_second(config: str | tuple[int, int, int], *, updates: int, warmup: int, batch_size: int, context_len: int) -> tuple[float, float, str]:
     """(updates/s, peak GiB, label) of ODTTrainer.update on CUDA; any host sync inside raises."""
     trainer = make_trainer(config, batch_size=batch_size, context_len=context_len, device="cuda")
     for _ in range(warmup):

@@ -35,7 +35,7 @@ def check_graph_matches_eager(net: DecisionTransformer, n: int, k: int) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     x = (torch.randn(n, k, OBS_DIM, device="cuda", generator=g), torch.rand(n, k, ACT_DIM, device="cuda", generator=g),
          torch.rand(n, k, device="cuda", generator=g), torch.arange(k, device="cuda").expand(n, k))
-    policy = cuda_graph_policy(net, n, k, OBS_DIM, ACT_DIM)
+    policy = cuda_graph_policy(net, n, k)
     assert policy is not None, "CUDA graph capture of the policy failed (see the warning)"
     for mask in (None, (torch.arange(k, device="cuda") >= k // 2).float().expand(n, k)):
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -88,7 +88,7 @@ def run(
         @torch.inference_mode()
         def forward_only() -> int:  # the network alone, as rollout calls it once per step
             net.eval()
-            policy = cuda_graph_policy(net, N, K, OBS_DIM, ACT_DIM) if device == "cuda" else None
+            policy = cuda_graph_policy(net, N, K) if device == "cuda" else None
             for _ in range(steps):
                 if policy is not None:
                     policy(*inputs)[0].cpu()  # rollout reads each action on the host

@@ -37,10 +37,10 @@ class CudaGraphPolicy:
     Parameters are read in place, so training between rollouts needs no recapture.
     """
 
-    def __init__(self, model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int):
+    def __init__(self, model: DecisionTransformer, n: int, k: int):
         dev = next(model.parameters()).device
-        self.states = torch.zeros(n, k, obs_dim, device=dev)
-        self.actions = torch.zeros(n, k, act_dim, device=dev)
+        self.states = torch.zeros(n, k, model.cfg.state_dim, device=dev)
+        self.actions = torch.zeros(n, k, model.cfg.act_dim, device=dev)
         self.rtg = torch.zeros(n, k, device=dev)
         self.timesteps = torch.zeros(n, k, dtype=torch.long, device=dev)
         self.mask = torch.ones(n, k, device=dev)
@@ -78,16 +78,16 @@ class CudaGraphPolicy:
 _GRAPHS: "weakref.WeakKeyDictionary[DecisionTransformer, dict]" = weakref.WeakKeyDictionary()
 
 
-def cuda_graph_policy(model: DecisionTransformer, n: int, k: int, obs_dim: int, act_dim: int) -> CudaGraphPolicy | None:
+def cuda_graph_policy(model: DecisionTransformer, n: int, k: int) -> CudaGraphPolicy | None:
     """The model's graph for this shape, captured on first use; None if capture fails (eager then)."""
     ptrs = tuple(p.data_ptr() for p in model.parameters())
     graphs = _GRAPHS.setdefault(model, {})
     for key in [key for key in graphs if key[-1] != ptrs]:
         del graphs[key]
-    key = (n, k, obs_dim, act_dim, ptrs)
+    key = (n, k, ptrs)
     if key not in graphs:
         try:
-            graphs[key] = CudaGraphPolicy(model, n, k, obs_dim, act_dim)
+            graphs[key] = CudaGraphPolicy(model, n, k)
         except RuntimeError as err:  # a kernel that cannot be captured here: run eagerly, say so once
             warnings.warn(f"CUDA graph capture of the policy failed ({err}); rollouts run eagerly", stacklevel=3)
             graphs[key] = None
@@ -146,7 +146,7 @@ def rollout(
 
     slots = torch.arange(K, device=device)
     live, rows = np.arange(N), slice(None)  # while every env runs, index with a slice: views, no gather
-    policy = cuda_graph_policy(model, N, K, obs_dim, act_dim) if cuda_graph and device.type == "cuda" else None
+    policy = cuda_graph_policy(model, N, K) if cuda_graph and device.type == "cuda" else None
     graphed = policy is not None
     obs, _ = envs.reset(seed=seeds)
     for t in range(T):
@@ -155,12 +155,11 @@ def rollout(
         ctx_rtg[:, pad + t] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
 
         window = slice(t, t + K)  # in padded coordinates: steps t-K+1 .. t
-        mask = None
-        if t < K - 1:
-            mask = (slots >= K - 1 - t).float().expand(len(live), K)
+        # the first K - 1 steps: slots before step 0 are padding (the same in every row)
+        slot_mask = (slots >= K - 1 - t).float() if t < K - 1 else None
         if graphed:  # all N rows, always; finished envs' rows are computed and ignored
             mean, log_std = policy(ctx_states[:, window], ctx_actions[:, window], ctx_rtg[:, window],
-                                   ctx_time[window].expand(N, K), None if mask is None else mask[:1].expand(N, K))
+                                   ctx_time[window].expand(N, K), None if slot_mask is None else slot_mask.expand(N, K))
             if len(live) < N:
                 mean, log_std = mean[rows], None if log_std is None else log_std[rows]
         else:
@@ -170,7 +169,7 @@ def rollout(
                     ctx_actions[rows, window],
                     ctx_rtg[rows, window],
                     ctx_time[window].expand(len(live), K),
-                    mask,
+                    None if slot_mask is None else slot_mask.expand(len(live), K),
                     last_only=True,
                 )
         mean = mean[:, -1].float()

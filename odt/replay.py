@@ -92,7 +92,6 @@ class TrajectoryReplayBuffer:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
         self.ends = self.starts + self.lengths  # one past each trajectory's last row
-        self._num_transitions = int(self.lengths.sum())
         if obs_dim is not None:
             self.obs_dim = int(obs_dim)
 
@@ -117,7 +116,7 @@ class TrajectoryReplayBuffer:
 
     @property
     def num_transitions(self) -> int:
-        return self._num_transitions
+        return int(self.ends[-1])  # the buffer always holds at least one trajectory
 
     def trajectory(self, i: int) -> Trajectory:
         """The i-th trajectory (0 = oldest), as views into the buffer: no copy."""
@@ -153,7 +152,7 @@ class TrajectoryReplayBuffer:
         distribution; the segment is [start, start + K) cut at the trajectory's end, and
         the missing steps are padded on the left.
         """
-        K, n = context_len, self._num_transitions
+        K, n = context_len, self.num_transitions
         # A uniform row: floor(U * n) (cheaper than Generator.integers at this size), clamped
         # because U * n can round up to n. Sorted: a batch's order is immaterial, sorted keys
         # search and gather faster, and segment starts come out sorted too.
