@@ -99,18 +99,18 @@ def _rss_mb() -> tuple[float, float]:
 def child(path: Path, updates: int) -> dict:
     import torch
 
-    from odt.config import TrainConfig
+    from odt.config import OptimConfig
     from odt.model import ModelConfig
     from odt.replay import TrajectoryReplayBuffer
     from odt.trainer import ODTTrainer
 
     torch.set_num_threads(1)
     model_cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=10, embed_dim=32, n_layer=1, n_head=1)
-    cfg = TrainConfig(batch_size=32, device="cpu")
+    cfg = OptimConfig(batch_size=32)
     # warm up on a tiny dataset first, so that the runtime's own memory (torch kernels,
     # optimiser, autograd) is in the starting RSS and the growth below is the data's
-    warm = ODTTrainer(model_cfg, cfg, TrajectoryReplayBuffer(10, synthetic_trajectories(10, max_len=50)))
-    warm.pretrain(updates, log_every=updates, progress=False)
+    warm = ODTTrainer(model_cfg, cfg, TrajectoryReplayBuffer(10, synthetic_trajectories(10, max_len=50)), device="cpu")
+    warm.train_updates(updates)
     del warm
     gc.collect()
     out = {"rss_start_mb": _rss_mb()[0]}
@@ -120,8 +120,8 @@ def child(path: Path, updates: int) -> dict:
     buffer = TrajectoryReplayBuffer(len(trajs), trajs)
     gc.collect()
     out["rss_buffer_mb"] = _rss_mb()[0]
-    trainer = ODTTrainer(model_cfg, cfg, buffer)
-    trainer.pretrain(updates, log_every=updates, progress=False)
+    trainer = ODTTrainer(model_cfg, cfg, buffer, device="cpu")
+    trainer.train_updates(updates)
     del buffer
     gc.collect()
     out["rss_steady_mb"], out["rss_peak_mb"] = _rss_mb()

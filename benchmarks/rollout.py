@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_least, interleaved
-from odt.config import TrainConfig
+from odt.config import EvalConfig
 from odt.evaluation import cuda_graph_policy, rollout
 from odt.model import DecisionTransformer, ModelConfig
 
@@ -62,8 +62,8 @@ def run(
     cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=20, **(model or SMALL))
     net = DecisionTransformer(cfg).to(device)  # weights do not change the cost of a step
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    K = context_len or TrainConfig().eval_context_len
-    common = dict(target_return=3600.0, reward_scale=1e-3, state_mean=np.zeros(OBS_DIM, np.float32),
+    K = context_len or EvalConfig().eval_context_len
+    common = dict(target_return=3600.0, state_mean=np.zeros(OBS_DIM, np.float32),
                   state_std=np.ones(OBS_DIM, np.float32), context_len=K, max_steps=steps)
     figures, rows = [], []
     for N in num_envs:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_most, interleaved, synthetic_trajectories
-from odt.config import TrainConfig
+from odt.config import OptimConfig
 from odt.losses import TanhNormal, policy_loss
 from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
@@ -37,13 +37,13 @@ def make_trainer(
     d, L, H = CONFIGS[config] if isinstance(config, str) else config
     trajs = synthetic_trajectories(n_traj, min_len=20, max_len=1000, seed=seed)
     model_cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=context_len, embed_dim=d, n_layer=L, n_head=H)
-    cfg = TrainConfig(batch_size=batch_size, device=device, seed=seed)
-    return ODTTrainer(model_cfg, cfg, TrajectoryReplayBuffer(len(trajs), trajs))
+    return ODTTrainer(model_cfg, OptimConfig(batch_size=batch_size), TrajectoryReplayBuffer(len(trajs), trajs), seed=seed,
+                      device=device)
 
 
 def bare_step_fn(trainer: ODTTrainer):
     """Forward, policy loss, backward, LAMB step on one fixed batch already on the device."""
-    batch = trainer._to_device(trainer.buffer.sample(trainer.cfg.batch_size, trainer.model_cfg.context_len, trainer.rng))
+    batch = trainer._to_device(trainer.buffer.sample(trainer.optim.batch_size, trainer.model_cfg.context_len, trainer.rng))
     model, opt, dev = trainer.model, trainer.optimizer, trainer.device
     temperature = trainer.temperature.detach()
 

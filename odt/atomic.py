@@ -1,11 +1,14 @@
 """Atomic file writes: every file odt or the pipeline writes goes through `atomic_path`.
 
+`write_text`, `write_json` and `copy_file` are the common cases.
+
 Write to a temporary file beside the target, fsync it, then rename it over the target, so
 a reader, or a process killed mid-write, sees the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -61,3 +64,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)

@@ -1,13 +1,14 @@
-"""Training configuration, validated once at the edge.
+"""One config per phase, validated once at the edge.
 
 Defaults are the paper's (Appendix C, Tables C.1 and C.3; hopper-medium where a value is
-per task). Bad values fail here with one line naming the field and the allowed range.
+per task). Each phase config holds its optimiser values, its cadence beside the budget it
+paces, and how its policy is scored. Bad values fail here with one line naming the field.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -15,36 +16,62 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 
 
-class TrainConfig(BaseModel):
-    """Everything the trainer needs besides the model architecture (see ModelConfig)."""
-
+class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: NonNegInt = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # optimisation (LAMB for theta, Adam for log lambda)
+
+class EvalConfig(_Config):
+    """How a policy is scored: mean actions, target return g_eval, the evaluation context length."""
+
+    g_eval: float = 3600.0
+    eval_context_len: PosInt = 5
+    eval_episodes: PosInt = 10
+
+    @property
+    def evaluation(self) -> "EvalConfig":
+        """Just the evaluation settings of a phase config."""
+        return EvalConfig(**{k: getattr(self, k) for k in EvalConfig.model_fields})
+
+
+class OptimConfig(_Config):
+    """LAMB on theta (linear warmup, gradient clipping); Adam on log lambda, the temperature."""
+
     batch_size: PosInt = 256
     learning_rate: PosFloat = 1e-4
     weight_decay: NonNegFloat = 5e-4
-    warmup_steps: NonNegInt = 10_000  # linear learning-rate warmup
+    warmup_steps: NonNegInt = 10_000  # linear learning-rate warmup, counted from the first update ever
     grad_clip: PosFloat = 0.25  # gradient-norm clip
     init_temperature: PosFloat = 0.1  # lambda at the start
     temperature_lr: PosFloat = 1e-4
     target_entropy: float | None = None  # beta; None means -act_dim
-    reward_scale: PosFloat = 0.001  # RTGs are fed to the model multiplied by this
-    # offline pretraining
+
+
+class PretrainConfig(OptimConfig, EvalConfig):
+    """Algorithm 2: `pretrain_updates` updates on the offline data; cadence in updates."""
+
     pretrain_updates: NonNegInt = 5_000
-    # online finetuning (Algorithm 1)
+    log_every: PosInt = 100  # updates between two logged metric rows
+    checkpoint_every: PosInt = 1000  # updates between two resumable checkpoints (a multiple of log_every)
+    eval_every: NonNegInt = 0  # updates between two evaluations; 0: only at the end
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainConfig":
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) % self.log_every:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of log_every ({self.log_every})")
+        return self
+
+
+class FinetuneConfig(OptimConfig, EvalConfig):
+    """Algorithm 1: rounds of (explore, add to the buffer, update) until the online budget; cadence in rounds."""
+
     buffer_size: PosInt = 1_000  # trajectories kept in the replay buffer
     updates_per_round: PosInt = 300  # gradient updates between two exploration rollouts
     rollouts_per_round: PosInt = 1
     online_samples: NonNegInt = 200_000  # budget of online environment steps
     g_online: float = 7200.0  # exploration RTG
-    # evaluation
-    g_eval: float = 3600.0
-    eval_context_len: PosInt = 5
-    eval_episodes: PosInt = 10
     eval_every_rounds: PosInt = 10
+    checkpoint_every_rounds: PosInt = 10
 
 
 class ConfigError(ValueError):
@@ -55,13 +82,15 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
     """One line per problem, joined: `<where>: <field> = <value>: <what is allowed>`."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             parts.append(f"unknown field '{loc}' (check the spelling)")
         elif e["type"] == "missing":
             parts.append(f"field '{loc}' is required")
+        elif not loc:  # a check across fields: its message names them
+            parts.append(msg)
         else:
-            msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
             parts.append(f"{loc} = {e.get('input')!r}: {msg}")
     return f"invalid {where}: " + "; ".join(parts)
 

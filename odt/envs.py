@@ -10,10 +10,11 @@ gymnasium-robotics' UMaze with its dict observation flattened to D4RL's 29 dims
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -105,18 +106,20 @@ def make_env(task: str | TaskSpec, version: str = "v5", *, fixed_obs: tuple[np.n
     return env
 
 
-def make_vector_env(task: str | TaskSpec, num_envs: int, version: str = "v5", *,
-                    fixed_obs: tuple[np.ndarray, np.ndarray] | None = None) -> gym.vector.SyncVectorEnv:
-    """`num_envs` copies stepped together, so the policy runs one batched forward pass per step.
+def vector_env(env_fn: Callable[[], gym.Env], num_envs: int) -> gym.vector.SyncVectorEnv:
+    """`num_envs` environments from `env_fn` stepped together, so the policy runs one batched forward pass per step.
 
     Sync, not async: MuJoCo steps in microseconds, far less than the inference they wait for.
     """
     if num_envs <= 0:
         raise ValueError(f"num_envs must be positive, got {num_envs}")
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(task, version, fixed_obs=fixed_obs) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
-    )
+    return gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+def make_vector_env(task: str | TaskSpec, num_envs: int, version: str = "v5", *,
+                    fixed_obs: tuple[np.ndarray, np.ndarray] | None = None) -> gym.vector.SyncVectorEnv:
+    """`num_envs` environments of the task (see `make_env`), stepped together."""
+    return vector_env(functools.partial(make_env, task, version, fixed_obs=fixed_obs), num_envs)
 
 
 def fixed_observation_dims(task: str | TaskSpec, trajectories: Sequence[Trajectory],
@@ -159,14 +162,14 @@ def load_fixed_obs(metadata: str | os.PathLike | dict[str, Any]) -> tuple[np.nda
     return dims, values
 
 
-def check_dims(task: str | TaskSpec, env: gym.Env | gym.vector.VectorEnv, obs_dim: int, act_dim: int) -> None:
+def check_dims(task: str | TaskSpec | None, env: gym.Env | gym.vector.VectorEnv, obs_dim: int, act_dim: int) -> None:
     """Fail before training, in one line, when the env and the dataset disagree on dims."""
-    spec = get_task(task) if isinstance(task, str) else task
+    name = task if isinstance(task, str) or task is None else task.name
     space_o = getattr(env, "single_observation_space", env.observation_space)
     space_a = getattr(env, "single_action_space", env.action_space)
     env_o, env_a = int(np.prod(space_o.shape)), int(np.prod(space_a.shape))
     if (env_o, env_a) != (obs_dim, act_dim):
         raise EnvMismatchError(
-            f"{spec.name}: the environment gives observations of {env_o} dims and actions of {env_a}, "
+            f"{name or 'env'}: the environment gives observations of {env_o} dims and actions of {env_a}, "
             f"the dataset has {obs_dim} and {act_dim}; use the dataset made for this task (or another env_version)"
         )

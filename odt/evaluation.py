@@ -17,6 +17,7 @@ import torch
 from odt.data import Trajectory
 from odt.losses import TanhNormal
 from odt.model import DecisionTransformer
+from odt.tasks import normalized_score
 
 
 @dataclass
@@ -100,7 +101,6 @@ def rollout(
     envs: gym.vector.VectorEnv,
     *,
     target_return: float,
-    reward_scale: float,
     state_mean: np.ndarray,
     state_std: np.ndarray,
     context_len: int,
@@ -113,11 +113,13 @@ def rollout(
 
     The context holds the last `context_len` steps (the evaluation context length),
     left-padded with mask 0 so every forward pass has the same shape. The RTG token
-    starts at `target_return` and drops by each reward received. On CUDA the forward
+    starts at `target_return` and drops by each reward received (both scaled by the
+    model's `reward_scale`). On CUDA the forward
     replays a captured graph (`cuda_graph=False`: eager kernels) and keeps computing
     rows of finished envs, so that its shape never changes.
     """
     device = next(model.parameters()).device
+    reward_scale = model.cfg.reward_scale
     N = envs.num_envs
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
@@ -208,3 +210,12 @@ def rollout(
 def evaluate(model: DecisionTransformer, envs: gym.vector.VectorEnv, **kwargs) -> RolloutResult:
     """Evaluation rollouts: the policy's mean action, one episode per environment."""
     return rollout(model, envs, sample=False, **kwargs)
+
+
+def score(result: RolloutResult, task: str | None = None) -> dict[str, float]:
+    """Mean and std over episodes of the raw return and, for a D4RL task, the normalized one (100 = expert)."""
+    out = {"eval_return": float(result.returns.mean()), "eval_return_std": float(result.returns.std())}
+    if task is not None:
+        normalized = np.asarray(normalized_score(task, result.returns), dtype=np.float64)
+        out |= {"eval_normalized": float(normalized.mean()), "eval_normalized_std": float(normalized.std())}
+    return out

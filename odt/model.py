@@ -33,6 +33,9 @@ class ModelConfig:
     activation: Literal["relu", "gelu"] = "relu"  # the paper uses ReLU
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    # RTGs are fed to the model multiplied by this: part of what the policy's inputs mean,
+    # like the state normaliser, so it travels with the model (D4RL locomotion 1e-3, AntMaze 1)
+    reward_scale: Annotated[float, Field(gt=0)] = 0.001
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":

@@ -1,18 +1,15 @@
-"""The pipeline's parameters: one pydantic model, validated once at the edge.
+"""params.yaml: one pydantic model, validated once at the edge, and each task's configs built from it.
 
-`params.yaml` is generated from `profiles/<name>.yaml` by `python -m pipeline.profile NAME`:
-a profile holds `defaults` plus per-task `overrides` (paper Tables C.2 and C.4), and
-params.yaml holds every task fully resolved, so that each DVC stage can depend on exactly
-the keys it reads (`tasks.<task>.finetune` for finetuning, and so on).
-
-The per-phase blocks are TrainConfig fields (odt/config.py) plus a few pipeline-only
-keys (logging and checkpoint cadence); the model block is ModelConfig without the task's
-state/action dimensions. Bad values fail here with one line naming the key.
+`params.yaml` is generated from `profiles/<name>.yaml` by `python -m pipeline.profile NAME`
+and holds every task fully resolved, so that each DVC stage can depend on exactly the keys
+it reads (`tasks.<task>.finetune` for finetuning, and so on). A task's `model` block is
+ModelConfig without the dims (and with the reward scale) the task gives; its `pretrain` and
+`finetune` blocks are odt's PretrainConfig and FinetuneConfig. Bad values fail here with one
+line naming the key.
 """
 from __future__ import annotations
 
-import copy
-import json
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,20 +17,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.config import ConfigError, TrainConfig, format_validation_error, validate
+from odt.config import ConfigError, FinetuneConfig, PretrainConfig, format_validation_error, validate
 from odt.model import ModelConfig
+from pipeline import paths
+from pipeline.tuned import TUNABLE, read_tuned, tuned_path
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
-PHASES = ("pretrain", "finetune")
+PHASES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 UNTUNED = "pipeline/data/untuned.json"  # the DVC dependency that stands in for a tuning result when use_tuned is false
-TUNE_DIR = "reports/tune"  # where the Optuna stage writes <task>-<phase>.json
-# TrainConfig fields that come from the top level of params.yaml, not from a phase block
-_TOP_LEVEL = {"seed", "device"}
-
-
-def tuned_path(task: str, phase: str) -> str:
-    return f"{TUNE_DIR}/{task}-{phase}.json"
 
 
 class _Strict(BaseModel):
@@ -63,26 +55,8 @@ class FetchParams(_Strict):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class PretrainRun(_Strict):
-    log_every: PosInt = 100  # updates between two metric rows
-    checkpoint_every: PosInt = 1000  # updates between two resumable checkpoints (a multiple of log_every)
-    eval_every: NonNegInt = 0  # updates between two evaluations during pretraining; 0: only at the end
-
-    @model_validator(mode="after")
-    def _check(self) -> "PretrainRun":
-        if self.checkpoint_every % self.log_every:
-            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})")
-        if self.eval_every % self.log_every:
-            raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
-        return self
-
-
-class FinetuneRun(_Strict):
-    checkpoint_every_rounds: PosInt = 10  # rounds between two resumable checkpoints
-
-
 class ParallelParams(_Strict):
-    """How finetuning seeds are spread: joblib with loky (this machine), dask or ray (a cluster)."""
+    """How seeds are spread: joblib with loky (this machine), dask or ray (a cluster)."""
 
     backend: Literal["loky", "dask", "ray"] = "loky"
     n_jobs: PosInt = 2
@@ -155,53 +129,44 @@ class TaskPlan:
     name: str
     fetch: FetchParams
     model: ModelConfig
-    pretrain: TrainConfig  # seed 0
-    finetune: TrainConfig  # seed 0; `finetune.model_copy(update={"seed": s})` per seed
-    pretrain_run: PretrainRun
-    finetune_run: FinetuneRun
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
     tuned: dict[str, str]  # phase -> the file DVC tracks for it
+    env_version: str
 
-    def train_config(self, phase: str) -> TrainConfig:
-        return {"pretrain": self.pretrain, "finetune": self.finetune}[phase]
+    def env_fn(self, root: Path) -> functools.partial:
+        """The task's environment as its dataset needs it (D4RL dims, pinned Ant contact dims): picklable."""
+        from odt.envs import make_env  # noqa: PLC0415
 
-
-# loading ---------------------------------------------------------------------------------
-def _split(block: dict[str, Any], run_cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
-    run_keys = set(run_cls.model_fields)
-    return ({k: v for k, v in block.items() if k not in run_keys}, {k: v for k, v in block.items() if k in run_keys})
+        return functools.partial(make_env, self.name, self.env_version, fixed_obs=fixed_obs(root, self.name))
 
 
-def _task_dims(name: str) -> tuple[int, int]:
-    from odt.tasks import get_task  # noqa: PLC0415 (UnknownTaskError lists close matches)
+def fixed_obs(root: Path, task: str):
+    """Observation dims the environment must pin as the dataset holds them (Ant's contact forces), or None."""
+    from odt.envs import load_fixed_obs  # noqa: PLC0415
 
-    try:
-        spec = get_task(name)
-    except Exception as err:  # UnknownTaskError
-        raise ConfigError(f"params.yaml: tasks.{name}: {err}") from None
-    return spec.obs_dim, spec.act_dim
+    meta = paths.dataset_meta(root, task)
+    return load_fixed_obs(meta) if meta.is_file() else None
 
 
 def plan_task(params: Params, name: str) -> TaskPlan:
-    """Build ModelConfig and both TrainConfigs of one task; one-line ConfigError on a bad value."""
+    """Build ModelConfig and both phase configs of one task; one-line ConfigError on a bad value."""
+    from odt.tasks import get_task  # noqa: PLC0415 (UnknownTaskError lists close matches)
+
     if name not in params.tasks:
         raise ConfigError(f"task '{name}' is not in params.yaml (tasks: {', '.join(params.tasks)})")
     block = params.tasks[name]
     where = f"params.yaml tasks.{name}"
-    obs_dim, act_dim = _task_dims(name)
+    try:
+        spec = get_task(name)
+    except KeyError as err:  # UnknownTaskError
+        raise ConfigError(f"params.yaml: tasks.{name}: {err}") from None
     for key in ("state_dim", "act_dim"):
         if key in block.model:
             raise ConfigError(f"{where}.model: '{key}' comes from the task, remove it")
-    model = validate(ModelConfig, {"state_dim": obs_dim, "act_dim": act_dim, **block.model}, f"{where}.model")
-    configs: dict[str, Any] = {}
-    for phase, run_cls in (("pretrain", PretrainRun), ("finetune", FinetuneRun)):
-        train_values, run_values = _split(getattr(block, phase), run_cls)
-        clash = _TOP_LEVEL & set(train_values)
-        if clash:
-            raise ConfigError(f"{where}.{phase}: '{sorted(clash)[0]}' is set at the top level of params.yaml, remove it here")
-        configs[phase] = validate(TrainConfig, {**train_values, "seed": 0, "device": params.device}, f"{where}.{phase}")
-        configs[phase + "_run"] = validate(run_cls, run_values, f"{where}.{phase}")
-    if configs["pretrain"].reward_scale != configs["finetune"].reward_scale:
-        raise ConfigError(f"{where}: reward_scale differs between pretrain and finetune; the model was trained with one scale")
+    model = validate(ModelConfig, {"state_dim": spec.obs_dim, "act_dim": spec.act_dim, "reward_scale": spec.reward_scale,
+                                   **block.model}, f"{where}.model")
+    phases = {phase: validate(cls, getattr(block, phase), f"{where}.{phase}") for phase, cls in PHASES.items()}
     for phase in PHASES:
         expected = tuned_path(name, phase) if params.use_tuned else UNTUNED
         if block.tuned.get(phase) != expected:
@@ -210,9 +175,30 @@ def plan_task(params: Params, name: str) -> TaskPlan:
                 f"regenerate params.yaml with `python -m pipeline.profile {params.profile}"
                 f"{' --use-tuned' if params.use_tuned else ''}`"
             )
-    return TaskPlan(name=name, fetch=block.fetch, model=model, tuned=dict(block.tuned), **configs)
+    return TaskPlan(name=name, fetch=block.fetch, model=model, tuned=dict(block.tuned), env_version=params.env_version,
+                    **phases)
 
 
+def phase_config(plan: TaskPlan, params: Params, phase: str, overrides: dict[str, Any] | None = None, *,
+                 root: Path = paths.ROOT) -> tuple[PretrainConfig | FinetuneConfig, dict[str, Any]]:
+    """The phase's config: params.yaml, then the tuned lr/wd (use_tuned), then `overrides` (an Optuna trial).
+
+    Also returns where the learning rate and weight decay came from, for the report.
+    """
+    values = getattr(plan, phase).model_dump()
+    source = "params"
+    if params.use_tuned:
+        values |= read_tuned(Path(root) / plan.tuned[phase], plan.name, phase)
+        source = f"tuned ({plan.tuned[phase]})"
+    if overrides:
+        values |= overrides
+        if set(TUNABLE) & set(overrides):
+            source = "overrides"
+    cfg = validate(PHASES[phase], values, f"{plan.name} {phase} config")
+    return cfg, {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "source": source}
+
+
+# loading ---------------------------------------------------------------------------------
 def parse_params(raw: Any, where: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values")
@@ -238,98 +224,3 @@ def load_params(path: str | Path = "params.yaml", tasks: list[str] | None = None
     params = parse_params(read_yaml(path), str(path))
     names = list(params.tasks) if tasks is None else tasks
     return params, {name: plan_task(params, name) for name in names}
-
-
-# profiles --------------------------------------------------------------------------------
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-class Profile(_Strict):
-    """profiles/<name>.yaml: a task list, shared defaults and per-task overrides."""
-
-    description: str = ""
-    seeds: PosInt = 10
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    env_version: Literal["v4", "v5"] = "v5"
-    use_tuned: bool = False
-    parallel: ParallelParams = ParallelParams()
-    tune: TuneParams = TuneParams()
-    tasks: list[str]
-    defaults: dict[str, dict[str, Any]]
-    overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-
-
-def resolve_profile(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, Any]:
-    """Profile -> the params.yaml mapping, every task resolved and validated."""
-    where = f"profiles/{name}.yaml"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    try:
-        prof = Profile(**raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, where)) from None
-    unknown = set(prof.overrides) - set(prof.tasks)
-    if unknown:
-        raise ConfigError(f"{where}: overrides for '{sorted(unknown)[0]}', which is not in tasks")
-    tuned = prof.use_tuned if use_tuned is None else use_tuned
-    tasks = {}
-    for task in prof.tasks:
-        block = _merge(prof.defaults, prof.overrides.get(task, {}))
-        try:
-            fetch = FetchParams(**block.get("fetch", {}))
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, f"{where} tasks.{task}.fetch")) from None
-        block["fetch"] = fetch.as_args()
-        block["tuned"] = {phase: tuned_path(task, phase) if tuned else UNTUNED for phase in PHASES}
-        tasks[task] = block
-    out = {
-        "profile": name,
-        "seeds": prof.seeds,
-        "device": prof.device,
-        "env_version": prof.env_version,
-        "use_tuned": tuned,
-        "parallel": prof.parallel.model_dump(),
-        "tune": prof.tune.model_dump(),
-        "tasks": tasks,
-    }
-    params = parse_params(out, where)
-    for task in params.tasks:
-        plan_task(params, task)
-    return out
-
-
-# tuned hyperparameters -------------------------------------------------------------------
-class TunedResult(BaseModel):
-    """reports/tune/<task>-<phase>.json as the Optuna stage writes it (extra keys allowed)."""
-
-    model_config = ConfigDict(extra="allow")
-    task: str
-    phase: Literal["pretrain", "finetune"]
-    best_params: dict[str, float]
-    best_value: float | None = None
-    n_trials: int | None = None
-
-
-TUNABLE = ("learning_rate", "weight_decay")
-
-
-def read_tuned(path: str | Path, task: str, phase: str) -> dict[str, float]:
-    """The best learning rate and weight decay of a tuning run, checked against task and phase."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"use_tuned is true but {path} does not exist; run the tuning stage for {task} {phase} first")
-    try:
-        result = TunedResult(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError, TypeError) as err:
-        msg = format_validation_error(err, str(path)) if isinstance(err, ValidationError) else f"invalid {path}: {err}"
-        raise ConfigError(msg) from None
-    if (result.task, result.phase) != (task, phase):
-        raise ConfigError(f"{path} is for {result.task} {result.phase}, expected {task} {phase}")
-    values = {k: float(result.best_params[k]) for k in TUNABLE if k in result.best_params}
-    if not values:
-        raise ConfigError(f"{path}: best_params has neither learning_rate nor weight_decay")
-    return values

@@ -2,65 +2,89 @@
 
     python -m pipeline.pretrain --task hopper-medium-v2
 
-Writes runs/<task>/pretrain/checkpoint.pt (the full trainer state finetuning starts from)
-and runs/<task>/pretrain/eval.json (normalized return of the pretrained policy). Logs to
+Reads data/<task>/<task>.hdf5 and the task's `model` and `pretrain` blocks; runs
+odt.loops.pretrain in a work directory keyed by everything that determines the result;
+writes runs/<task>/pretrain/checkpoint.pt (the full trainer state finetuning starts from)
+and runs/<task>/pretrain/eval.json (the pretrained policy's normalized return). Logs to
 MLflow experiment `odt/<task>`, run `pretrain`. Killed and rerun, it resumes.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from pipeline import common
-from pipeline.params import Params, TaskPlan
+from odt.atomic import copy_file, write_json
+from pipeline import caching, paths
+from pipeline.params import Params, TaskPlan, phase_config
 
 
-def run_stage(plan: TaskPlan, params: Params, *, root: Path = common.ROOT, track: bool = True) -> dict:
+def pretrain(plan: TaskPlan, params: Params, cfg, work: Path, *, root: Path, logger=None) -> dict[str, Any]:
+    """Pretrain (or resume) in `work`; leaves checkpoint.pt, policy.pt and result.json (written last) there."""
+    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
+    from odt.loops import pretrain as pretrain_loop  # noqa: PLC0415
+
+    data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)
+    run = pretrain_loop(data, plan.model, cfg, plan.env_fn(root), task=plan.name, seed=0, device=params.device,
+                        logger=logger, checkpoint=work / "checkpoint.pt")
+    run.trainer.save_policy(work / "policy.pt", cfg)
+    final = run.final
+    return {"task": plan.name, "normalized_mean": final["eval_normalized"], "normalized_std": final["eval_normalized_std"],
+              "return_mean": final["eval_return"], "return_std": final["eval_return_std"], "episodes": cfg.eval_episodes,
+              "g_eval": cfg.g_eval, "eval_context_len": cfg.eval_context_len, "updates": run.trainer.num_updates,
+              "wall_time": run.wall_time}
+
+
+def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True) -> dict[str, Any]:
     root = Path(root).resolve()
-    out_dir = common.pretrain_dir(root, plan.name)
-    data = common.data_path(root, plan.name)
+    data = paths.dataset(root, plan.name)
     if not data.is_file():
         raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
-    if not track:
-        return common.run_pretrain(plan, params, out_dir=out_dir, root=root)
+    cfg, hparams = phase_config(plan, params, "pretrain", root=root)
+    key = caching.pretrain_key(plan, params, cfg, data)
+    work = paths.work_root(root, plan.name) / f"pretrain-{caching.fingerprint(key)}"
+    out = paths.pretrain_dir(root, plan.name)
+    tracker = run_id = logger = None
+    finished = False
+    if track:
+        from pipeline.tracking import RunLogger, Tracker, flat, stage_tags  # noqa: PLC0415
 
-    from pipeline.tracking import RunLogger, Tracker, git_commit  # noqa: PLC0415
-
-    cfg, hparams = common.train_config(plan, params, "pretrain", root=root)
-    key = common.pretrain_key(plan, params, cfg, data)
-    tracker = Tracker(root)
-    exp = tracker.experiment(f"odt/{plan.name}")
-    tags = {"task": plan.name, "seed": 0, "profile": params.profile, "dvc_stage": f"pretrain@{plan.name}",
-            "git_commit": git_commit(root), "mlflow.source.git.commit": git_commit(root),
-            "hparams_source": hparams["source"]}
-    run_id = tracker.run(exp, f"pretrain:{common.fingerprint(key)}", "pretrain", tags)
-    finished = tracker.status(run_id) == "FINISHED"
-    if not finished:
-        tracker.log_params(run_id, common.flat({k: v for k, v in key.items() if k != "stage"}))
+        tracker = Tracker(root)
+        tags = stage_tags(root, params.profile, f"pretrain@{plan.name}", task=plan.name, seed=0,
+                          hparams_source=hparams["source"])
+        run_id, finished = tracker.open(tracker.experiment(f"odt/{plan.name}"), f"pretrain:{caching.fingerprint(key)}",
+                                        "pretrain", tags, flat({k: v for k, v in key.items() if k != "stage"}))
+        logger = None if finished else RunLogger(tracker.uri, run_id)
     try:
-        result = common.run_pretrain(plan, params, out_dir=out_dir, root=root,
-                                     log_fn=None if finished else RunLogger(tracker.uri, run_id))
+        result = caching.done(work / "result.json")
+        if result is None:
+            result = {**pretrain(plan, params, cfg, work, root=root, logger=logger), "hparams": hparams}
+            write_json(work / "result.json", result)  # the done marker: written last
     except BaseException:
-        tracker.finish(run_id, "FAILED")
+        if tracker is not None:
+            tracker.finish(run_id, "FAILED")
         raise
-    if not finished:
-        work = Path(result["work_dir"])
+    copy_file(work / "checkpoint.pt", out / "checkpoint.pt")
+    write_json(out / "eval.json", result)
+    if tracker is not None and not finished:
         tracker.log_metrics(run_id, {f"pretrained_{k}": result[k] for k in
                                      ("normalized_mean", "normalized_std", "return_mean", "return_std")},
                             step=result["updates"])
-        tracker.log_artifacts(run_id, [work / "policy.pt", out_dir / "eval.json", work / "rows.json"])
-        tracker.log_artifacts(run_id, [data.with_suffix(".json")], "dataset")
+        tracker.log_artifacts(run_id, [work / "policy.pt", out / "eval.json"])
+        tracker.log_artifacts(run_id, [paths.dataset_meta(root, plan.name)], "dataset")
         tracker.finish(run_id)
-    return result
+    return {**result, "work_dir": str(work)}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import stage_main  # noqa: PLC0415
+
     def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
         result = run_stage(plan, params, **kwargs)
         return {k: result[k] for k in ("task", "normalized_mean", "normalized_std", "updates")}
 
-    return common.stage_main(argv, doc=__doc__, stage="pretrain", run=run,
-                             root_help="repository root (data/, runs/ and mlflow.db live there)")
+    return stage_main(argv, doc=__doc__, stage="pretrain", run=run,
+                      root_help="repository root (data/, runs/ and mlflow.db live there)")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from odt.atomic import atomic_dir
+from odt.atomic import atomic_dir, write_json, write_text
 from odt.config import ConfigError
-from pipeline import common
+from pipeline import cli, curves, paths
 from pipeline.params import Params, plan_task
 
 PAPER_TABLE = Path(__file__).parent / "data" / "paper_table_5_1.csv"
@@ -40,19 +40,19 @@ def load_paper(path: Path = PAPER_TABLE) -> pd.DataFrame:
 
 def collect(task: str, params: Params, root: Path) -> tuple[dict[str, Any], list[list[dict[str, float]]]]:
     """Per-seed results and curves of one task, checked to be complete."""
-    ft = common.finetune_dir(root, task)
-    results, curves = [], []
+    ft = paths.finetune_dir(root, task)
+    results, seed_curves = [], []
     for seed in range(params.seeds):
         path = ft / f"seed_{seed}" / "result.json"
         if not path.is_file():
             raise ConfigError(f"{path} is missing: finetune@{task} did not finish seed {seed}; run `dvc repro finetune@{task}`")
         results.append(json.loads(path.read_text()))
-        curves.append(common.read_csv(ft / f"seed_{seed}" / "curve.csv"))
-    pre_path = common.pretrain_dir(root, task) / "eval.json"
+        seed_curves.append(curves.read_csv(ft / f"seed_{seed}" / "curve.csv"))
+    pre_path = paths.pretrain_dir(root, task) / "eval.json"
     if not pre_path.is_file():
         raise ConfigError(f"{pre_path} is missing; run `dvc repro pretrain@{task}`")
     pretrain = json.loads(pre_path.read_text())
-    summary = common.summarize(results)
+    summary = curves.summarize(results)
     hp_ft = results[0]["hparams"]
     row = {
         "task": task,
@@ -71,13 +71,13 @@ def collect(task: str, params: Params, root: Path) -> tuple[dict[str, Any], list
         "finetune_wd": hp_ft["weight_decay"],
         "finetune_hparams": hp_ft["source"],
     }
-    return row, curves
+    return row, seed_curves
 
 
 def build_table(params: Params, root: Path, paper: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list]]:
-    rows, curves = [], {}
+    rows, task_curves = [], {}
     for task in params.tasks:
-        row, curves[task] = collect(task, params, root)
+        row, task_curves[task] = collect(task, params, root)
         name = paper_name(task)
         ref = paper.loc[name] if name in paper.index else None
         for ours, theirs in (("paper_offline", "odt_offline"), ("paper_offline_std", "odt_offline_std"),
@@ -85,7 +85,7 @@ def build_table(params: Params, root: Path, paper: pd.DataFrame) -> tuple[pd.Dat
                              ("paper_delta", "delta_odt")):
             row[ours] = float(ref[theirs]) if ref is not None else float("nan")
         rows.append(row)
-    return pd.DataFrame(rows), curves
+    return pd.DataFrame(rows), task_curves
 
 
 def _pm(mean: float, std: float) -> str:
@@ -123,22 +123,22 @@ def markdown(table: pd.DataFrame, params: Params) -> str:
     return "\n".join(lines)
 
 
-def run_stage(params: Params, *, root: Path = common.ROOT, reports: Path | None = None, track: bool = True) -> pd.DataFrame:
+def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None = None, track: bool = True) -> pd.DataFrame:
     root = Path(root)
     reports = Path(reports or root / "reports")
-    table, curves = build_table(params, root, load_paper())
+    table, task_curves = build_table(params, root, load_paper())
     csv_text = table.to_csv(index=False, float_format="%.4f")
-    common.write_text(reports / "results.csv", csv_text)
-    common.write_text(reports / "results.md", markdown(table, params))
+    write_text(reports / "results.csv", csv_text)
+    write_text(reports / "results.md", markdown(table, params))
     metrics = {r["task"]: {k: (None if pd.isna(r[k]) else round(float(r[k]), 4)) for k in
                            ("offline_mean", "offline_std", "online_mean", "online_std", "delta", "paper_online", "paper_delta")}
                for r in table.to_dict("records")}
-    common.write_json(reports / "metrics.json", metrics)
+    write_json(reports / "metrics.json", metrics)
     with atomic_dir(reports / "curves") as curve_dir, atomic_dir(reports / "plots") as plot_dir:
         for r in table.to_dict("records"):
-            curve = common.aggregate_curves(curves[r["task"]], r["online_samples"])
-            common.write_csv(curve_dir / f"{r['task']}.csv", curve, list(curve[0]))
-            common.plot_curve(plot_dir / f"{r['task']}.png", curve, title=f"{r['task']} ({params.profile} profile)",
+            curve = curves.aggregate(task_curves[r["task"]], r["online_samples"])
+            curves.write_csv(curve_dir / f"{r['task']}.csv", curve, list(curve[0]))
+            curves.plot(plot_dir / f"{r['task']}.png", curve, title=f"{r['task']} ({params.profile} profile)",
                               paper_online=r["paper_online"], offline=r["offline_mean"])
     if track:
         _track(params, root, reports, table)
@@ -147,14 +147,13 @@ def run_stage(params: Params, *, root: Path = common.ROOT, reports: Path | None 
 
 def _track(params: Params, root: Path, reports: Path, table: pd.DataFrame) -> None:
     """One run in experiment `odt/report` per distinct table, with the table and plots as artifacts."""
-    from pipeline.tracking import Tracker, git_commit  # noqa: PLC0415
+    from pipeline.caching import fingerprint  # noqa: PLC0415
+    from pipeline.tracking import Tracker, stage_tags  # noqa: PLC0415
 
     tracker = Tracker(root)
     exp = tracker.experiment("odt/report")
-    key = "report:" + common.fingerprint(table.to_csv(index=False, float_format="%.6f"))
-    commit = git_commit(root)
-    run = tracker.run(exp, key, "report", {"profile": params.profile, "dvc_stage": "report", "git_commit": commit,
-                                            "mlflow.source.git.commit": commit})
+    key = "report:" + fingerprint(table.to_csv(index=False, float_format="%.6f"))
+    run = tracker.run(exp, key, "report", stage_tags(root, params.profile, "report"))
     if tracker.status(run) == "FINISHED":
         return
     metrics = {f"{k}.{r['task']}": r[k] for r in table.to_dict("records")
@@ -171,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=".")
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = ap.parse_args(argv)
-    params, _ = common.load_or_exit(args.params)
+    params, _ = cli.load_or_exit(args.params)
     try:
         table = run_stage(params, root=Path(args.root), track=not args.no_track)
     except ConfigError as err:
-        return common.fail(str(err))
+        return cli.fail(str(err))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["task", "seeds", "offline_mean", "offline_std", "online_mean", "online_std", "delta",
                      "paper_offline", "paper_online", "paper_delta"]].round(2).to_string(index=False))

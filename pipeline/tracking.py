@@ -1,4 +1,4 @@
-"""MLflow helpers: one experiment per task, a parent run per stage, a child run per seed.
+"""MLflow: one experiment per task, a parent run per stage, a child run per seed; odt's Logger adapter.
 
 Runs are found again by the tag `odt.run_key` (stage, task, fingerprint, seed), so a
 stage killed and rerun continues its run instead of opening a duplicate, and metric rows
@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -31,6 +31,23 @@ def git_commit(root: Path) -> str:
         return out.stdout.strip() if out.returncode == 0 else "none"
     except (OSError, subprocess.SubprocessError):
         return "none"
+
+
+def stage_tags(root: Path, profile: str, stage: str, **extra: Any) -> dict[str, Any]:
+    """The tags every run of a stage carries: profile, DVC stage, the commit it ran at."""
+    commit = git_commit(root)
+    return {"profile": profile, "dvc_stage": stage, "git_commit": commit, "mlflow.source.git.commit": commit, **extra}
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a result key as MLflow params."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _retry(fn: Callable[..., T], *args, **kwargs) -> T:
@@ -101,7 +118,16 @@ class Tracker:
             _retry(self.client.log_batch, run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        RunLogger(self.uri, run_id).log({k: v for k, v in metrics.items()}, step)
+        RunLogger(self.uri, run_id).log_summary(metrics, step)
+
+    def open(self, experiment_id: str, key: str, name: str, tags: dict[str, Any], params: dict[str, Any],
+             parent: str | None = None) -> tuple[str, bool]:
+        """(run id, finished before): the run with this key, its params logged once."""
+        run_id = self.run(experiment_id, key, name, tags, parent)
+        finished = self.status(run_id) == "FINISHED"
+        if not finished:
+            self.log_params(run_id, params)
+        return run_id, finished
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag  # noqa: PLC0415
@@ -118,7 +144,11 @@ class Tracker:
 
 
 class RunLogger:
-    """`log_fn` for the stage functions: picklable (a worker process builds its own client)."""
+    """odt's Logger for one MLflow run: picklable (a worker process builds its own client).
+
+    A row is sent only when its step is past the last logged one, so a loop resumed from a
+    checkpoint, which logs again the steps after it, logs each step once.
+    """
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
@@ -142,24 +172,17 @@ class RunLogger:
             self._last_step = max((m.step for m in history), default=-1)
         return self._last_step
 
-    def __call__(self, rows: list[dict[str, float]]) -> None:
-        """Rows past the last logged step, as few log_batch calls as MLflow allows (1000 metrics each)."""
-        from mlflow.entities import Metric  # noqa: PLC0415
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """One row, in one log_batch call (rows of a loop carry `wall_time`, the sentinel)."""
+        if step > self.last_step():
+            self.log_summary(metrics, step)
+            self._last_step = step
 
-        last = self.last_step()
-        now = int(time.time() * 1000)
-        metrics = []
-        for row in rows:
-            step = int(row["step"])
-            if step <= last:
-                continue
-            metrics += [Metric(k, float(v), now, step) for k, v in row.items() if k != "step"]
-            self._last_step = last = step
-        for i in range(0, len(metrics), 1000):
-            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + 1000])
+    def report(self, value: float, step: int, final: bool) -> None:
+        pass  # evaluations are in the rows already
 
-    def log(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Summary values (not rows): logged as they are, without the step bookkeeping."""
+    def log_summary(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Values logged as they are, without the step bookkeeping (a run's final numbers)."""
         from mlflow.entities import Metric  # noqa: PLC0415
 
         now = int(time.time() * 1000)

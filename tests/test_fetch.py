@@ -121,7 +121,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, hopper_fil
 
 
 def test_failure_while_writing_leaves_old_output(tmp_path, hopper_file, monkeypatch, capsys):
-    from pipeline import common
+    import odt.datasets.fetch
 
     out = tmp_path / "out"
     out.mkdir()
@@ -130,7 +130,7 @@ def test_failure_while_writing_leaves_old_output(tmp_path, hopper_file, monkeypa
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(common, "write_json", broken)
+    monkeypatch.setattr(odt.datasets.fetch, "write_json", broken)
     assert fetch.main(["--task", "hopper-medium-v2", "--source", "file", "--path", str(hopper_file[0]), "--out", str(out)]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == "error: fetch hopper-medium-v2 failed: OSError: disk full"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]

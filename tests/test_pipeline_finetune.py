@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import common, finetune, pretrain
+from pipeline import finetune, parallel, paths, pretrain
 from pipeline.params import load_params
 from pipeline.profile import render
 
@@ -40,7 +40,7 @@ def results(root: Path) -> dict[int, dict]:
     """Per-seed result.json and curve.csv as published by the stage, wall time left out."""
     out = {}
     for seed in range(SEEDS):
-        seed_dir = common.finetune_dir(root, TASK) / f"seed_{seed}"
+        seed_dir = paths.finetune_dir(root, TASK) / f"seed_{seed}"
         result = json.loads((seed_dir / "result.json").read_text())
         result.pop("wall_time")
         out[seed] = {"result": result, "curve": (seed_dir / "curve.csv").read_text()}
@@ -55,7 +55,7 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     raw["tasks"] = {TASK: raw["tasks"][TASK]}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     (root / "data" / TASK).mkdir(parents=True)
-    shutil.copy(hopper_random_hdf5, common.data_path(root, TASK))
+    shutil.copy(hopper_random_hdf5, paths.dataset(root, TASK))
     params, plans = load_params(root / "params.yaml")
     pretrain.run_stage(plans[TASK], params, root=root, track=False)
     return root
@@ -70,6 +70,15 @@ def baseline(pretrained, tmp_path_factory) -> dict:
     out = finetune.run_stage(plans[TASK], params, root=root, track=False)
     assert out["summary"]["seeds"] == SEEDS
     return {"results": results(root), "workers": out["workers"]}
+
+
+def finetune_work_dir(plan, params, root: Path) -> Path:
+    from pipeline.caching import finetune_key, fingerprint
+    from pipeline.params import phase_config
+
+    cfg, _ = phase_config(plan, params, "finetune", root=root)
+    key = finetune_key(plan, params, cfg, paths.pretrain_dir(root, TASK) / "checkpoint.pt", root)
+    return paths.work_root(root, TASK) / f"finetune-{fingerprint(key)}"
 
 
 def work_dir(root: Path) -> Path:
@@ -100,7 +109,7 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert done and in_progress, f"no moment with a finished and a running seed:\n{proc.stdout.read().decode()}"
-    assert not common.finetune_dir(root, TASK).exists()  # published only when every seed is done
+    assert not paths.finetune_dir(root, TASK).exists()  # published only when every seed is done
     left = SEEDS - len(list(work_dir(root).glob("seed_*/result.json")))
     assert left > 0
 
@@ -111,6 +120,7 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(
 
     from mlflow.tracking import MlflowClient
 
+    params, _ = load_params(root / "params.yaml")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"odt/{TASK}")
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -118,16 +128,19 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(
     assert all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         if "seed" in run.data.tags:
-            rows = json.loads((work_dir(root) / f"seed_{run.data.tags['seed']}" / "rows.json").read_text())
+            result = json.loads((work_dir(root) / f"seed_{run.data.tags['seed']}" / "result.json").read_text())
+            per_round = params.tasks[TASK].finetune["updates_per_round"]
+            start = result["num_updates"] - per_round * result["rounds"]  # the pretraining's updates
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "wall_time")]
-            assert sorted(steps) == [int(r["step"]) for r in rows]  # every row once: none lost, none twice
+            # a row per round (and the first, before any), each step once: none lost, none twice
+            assert sorted(steps) == [start + per_round * r for r in range(result["rounds"] + 1)]
 
 
 @pytest.mark.slow
 def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretrained, baseline, tmp_path, capsys):
     root = stage_inputs(tmp_path / "repo", pretrained)
     params, plans = load_params(root / "params.yaml")
-    work = common.finetune_work_dir(plans[TASK], params, root=root)
+    work = finetune_work_dir(plans[TASK], params, root)
     (work / "seed_2").mkdir(parents=True)
     (work / "seed_2" / "state.pt").write_bytes(b"not a checkpoint")  # seed 2 cannot resume
     args = ["--task", TASK, "--root", str(root), "--params", str(root / "params.yaml"), "--no-track"]
@@ -136,7 +149,7 @@ def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretraine
     assert err.startswith(f"error: finetune {TASK} seed 2 failed: ValueError: checkpoint ")
     assert err.endswith(f"({SEEDS - 1} other seeds finished and are kept for the rerun)")
     assert sorted(p.parent.name for p in work.glob("seed_*/result.json")) == ["seed_0", "seed_1", "seed_3"]
-    assert not common.finetune_dir(root, TASK).exists()  # nothing half-published
+    assert not paths.finetune_dir(root, TASK).exists()  # nothing half-published
 
     (work / "seed_2" / "state.pt").unlink()
     assert finetune.main(args) == 0
@@ -165,6 +178,6 @@ def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
     pids = {w["pid"] for w in workers}
     threads = {w["threads"] for w in workers}
     assert sorted(w["seed"] for w in workers) == list(range(SEEDS))
-    assert threads == {1} and 1 <= len(pids) <= min(2, common.available_cores())  # n_jobs 2 in the tiny profile
-    if common.available_cores() >= 2:  # on one core the seeds run in this process, one after another
+    assert threads == {1} and 1 <= len(pids) <= min(2, parallel.available_cores())  # n_jobs 2 in the tiny profile
+    if parallel.available_cores() >= 2:  # on one core the seeds run in this process, one after another
         assert os.getpid() not in pids

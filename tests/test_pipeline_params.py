@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from odt.config import ConfigError
-from pipeline import common, report
-from pipeline.params import UNTUNED, load_params, parse_params, plan_task, read_tuned, tuned_path
+from pipeline import parallel, report
+from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task
+from pipeline.tuned import read_tuned, tuned_path
 from pipeline.profile import profiles, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_every_profile_resolves_and_validates(name):
     assert params.profile == name and params.seeds == 10
     for task in params.tasks:
         plan = plan_task(params, task)
-        assert plan.pretrain.reward_scale == plan.finetune.reward_scale
+        assert plan.model.reward_scale == (1.0 if task.startswith("antmaze") else 0.001)  # the task's
         assert raw["tasks"][task]["tuned"] == {"pretrain": UNTUNED, "finetune": UNTUNED}
 
 
@@ -47,7 +48,7 @@ def test_paper_profile_has_the_papers_hyperparameters():
     assert plans["ant-medium-v2"].finetune.eval_context_len == 1
     diverse = plans["antmaze-umaze-diverse-v2"]
     assert diverse.model.embed_dim == 1024 and diverse.model.use_positional_embedding
-    assert (diverse.finetune.buffer_size, diverse.finetune.g_online, diverse.finetune.reward_scale) == (1500, 2, 1.0)
+    assert (diverse.finetune.buffer_size, diverse.finetune.g_online, diverse.model.reward_scale) == (1500, 2, 1.0)
     assert not hm.model.use_positional_embedding and plans["antmaze-umaze-v2"].model.embed_dim == 512
 
 
@@ -98,7 +99,7 @@ def test_use_tuned_reads_the_tuning_result(tmp_path):
     params = parse_params(raw)
     plan = plan_task(params, task)
     with pytest.raises(ConfigError, match="does not exist"):
-        common.train_config(plan, params, "pretrain", root=tmp_path)
+        phase_config(plan, params, "pretrain", root=tmp_path)
     tune = tmp_path / "reports" / "tune"
     tune.mkdir(parents=True)
     (tune / f"{task}-pretrain.json").write_text(json.dumps({
@@ -107,13 +108,13 @@ def test_use_tuned_reads_the_tuning_result(tmp_path):
     (tune / f"{task}-finetune.json").write_text(json.dumps({
         "task": task, "phase": "pretrain", "best_params": {"learning_rate": 0.1}, "best_value": 1.0, "n_trials": 3}))
 
-    cfg, used = common.train_config(plan, params, "pretrain", root=tmp_path)
+    cfg, used = phase_config(plan, params, "pretrain", root=tmp_path)
     assert (cfg.learning_rate, cfg.weight_decay) == (0.0042, 0.00031)
     assert used == {"learning_rate": 0.0042, "weight_decay": 0.00031, "source": f"tuned (reports/tune/{task}-pretrain.json)"}
     with pytest.raises(ConfigError, match="is for hopper-medium-v2 pretrain, expected hopper-medium-v2 finetune"):
-        common.train_config(plan, params, "finetune", root=tmp_path)
+        phase_config(plan, params, "finetune", root=tmp_path)
     # explicit overrides (an Optuna trial) win over the tuned file
-    cfg, used = common.train_config(plan, params, "pretrain", {"learning_rate": 0.01}, root=tmp_path)
+    cfg, used = phase_config(plan, params, "pretrain", {"learning_rate": 0.01}, root=tmp_path)
     assert (cfg.learning_rate, cfg.weight_decay, used["source"]) == (0.01, 0.00031, "overrides")
     assert read_tuned(tune / f"{task}-pretrain.json", task, "pretrain") == {"learning_rate": 0.0042, "weight_decay": 0.00031}
 
@@ -126,7 +127,14 @@ def test_use_tuned_reaches_the_optimizer(tmp_path, hopper_random_hdf5):
     (tmp_path / "reports" / "tune" / f"{task}-pretrain.json").write_text(json.dumps({
         "task": task, "phase": "pretrain", "best_params": {"learning_rate": 0.0042, "weight_decay": 0.00031},
         "best_value": 1.0, "n_trials": 2}))
-    trainer = common.build_trainer(task, params, "pretrain", root=tmp_path, data=hopper_random_hdf5)
+    from odt.datasets.hdf5 import load_d4rl_hdf5
+    from odt.replay import TrajectoryReplayBuffer
+    from odt.trainer import ODTTrainer
+
+    plan = plan_task(params, task)
+    cfg, _ = phase_config(plan, params, "pretrain", root=tmp_path)
+    data = load_d4rl_hdf5(hopper_random_hdf5)
+    trainer = ODTTrainer(plan.model, cfg, TrajectoryReplayBuffer(len(data), data), device="cpu")
     assert trainer.scheduler.base_lrs == [0.0042, 0.0042]
     assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.00031
 
@@ -147,15 +155,15 @@ def test_report_states_the_hyperparameters_used():
 
 
 def test_workers_times_threads_never_exceeds_cores(monkeypatch):
-    monkeypatch.setattr(common, "available_cores", lambda: 4)
-    assert common.plan_workers(2, 10, "loky", None) == (2, 1)  # one thread per seed unless asked
-    assert common.plan_workers(2, 10, "loky", 2) == (2, 2)
-    assert common.plan_workers(8, 10, "loky", None) == (4, 1)
-    assert common.plan_workers(2, 10, "loky", 4) == (2, 2)  # asked for too many threads: capped
-    assert common.plan_workers(8, 10, "loky", 4) == (4, 1)
-    assert common.plan_workers(4, 1, "loky", None) == (1, 1)
-    assert common.plan_workers(16, 10, "dask", None) == (16, 1)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 4)
+    assert parallel.plan_workers(2, 10, "loky", None) == (2, 1)  # one thread per seed unless asked
+    assert parallel.plan_workers(2, 10, "loky", 2) == (2, 2)
+    assert parallel.plan_workers(8, 10, "loky", None) == (4, 1)
+    assert parallel.plan_workers(2, 10, "loky", 4) == (2, 2)  # asked for too many threads: capped
+    assert parallel.plan_workers(8, 10, "loky", 4) == (4, 1)
+    assert parallel.plan_workers(4, 1, "loky", None) == (1, 1)
+    assert parallel.plan_workers(16, 10, "dask", None) == (16, 1)
     for n_jobs in range(1, 9):
         for threads in (None, 1, 2, 3, 8):
-            workers, t = common.plan_workers(n_jobs, 10, "loky", threads)
+            workers, t = parallel.plan_workers(n_jobs, 10, "loky", threads)
             assert workers * t <= 4 and workers >= 1 and t >= 1

@@ -15,7 +15,14 @@ def test_readme_library_example_runs_as_pasted(tmp_path, monkeypatch):
     script.write_text(blocks[0])
     monkeypatch.chdir(tmp_path)
     ns = runpy.run_path(str(script))
-    history = ns["history"]
-    assert history and history[-1]["online_samples"] >= ns["cfg"].online_samples
-    assert np.isfinite(history[-1]["eval_return"])
-    assert (tmp_path / "hopper.pt").is_file()  # the example's checkpoint
+    run = ns["run"]
+    assert run.final["online_samples"] >= ns["finetune_cfg"].online_samples
+    assert np.isfinite(run.final["eval_normalized"]) and np.isfinite(run.offline["eval_normalized"])
+    assert [r["round"] for r in run.evaluations][:2] == [0, 5]  # scored first, then every eval_every_rounds
+    assert ns["logger"].rows and ns["logger"].reports
+    for name in ("pretrain.pt", "finetune.pt", "hopper-policy.pt"):  # the example's checkpoints and policy
+        assert (tmp_path / name).is_file()
+    from odt import load_policy
+
+    model, info = load_policy(tmp_path / "hopper-policy.pt")
+    assert info["task"] == "hopper-medium-v2" and info["evaluation"]["g_eval"] == 200

@@ -10,8 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from pipeline import common, pretrain, tune
-from pipeline.params import TunedResult, parse_params, plan_task, tuned_path
+from pipeline import paths, pretrain, tune
+from pipeline.study import open_storage
+from pipeline.params import parse_params, plan_task
+from pipeline.tuned import TunedResult, tuned_path
 from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def make_root(root: Path, data: Path, *, use_tuned=False, **tune_values) -> Path:
     """A repository root with the fixture as the task's dataset and a tiny params.yaml; returns params.yaml."""
-    dst = common.data_path(root, TASK)
+    dst = paths.dataset(root, TASK)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists():
         dst.symlink_to(data)
@@ -86,7 +88,7 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
     assert set(out["importances"]) == {"learning_rate", "weight_decay"} and out["importance_note"] is None
     for png in out["plots"].values():
         assert (root / png).read_bytes()[:8] == PNG and (root / png).stat().st_size > 5000
-    assert not list((root / ".cache" / "tune" / f"{TASK}-pretrain").glob("trial_*"))  # trial work dirs cleaned
+    assert not (root / ".cache").exists()  # a trial never resumes: it keeps no state on disk
 
     from mlflow.tracking import MlflowClient
 
@@ -113,14 +115,14 @@ def test_pretrain_stage_uses_the_tuned_values(tuned):
     result = pretrain.run_stage(plan, params, root=root, track=False)
     best = summary["best_params"]
     assert result["hparams"] == {**best, "source": f"tuned ({tuned_path(TASK, 'pretrain')})"}
-    written = json.loads((common.pretrain_dir(root, TASK) / "eval.json").read_text())
+    written = json.loads((paths.pretrain_dir(root, TASK) / "eval.json").read_text())
     assert written["hparams"]["learning_rate"] == best["learning_rate"] != plan.pretrain.learning_rate
 
 
 def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, learning_rate={"low": 1e-4, "high": 1.0},
                                   startup_trials=2, storage="journal:optuna.log"))
-    storage, _ = tune.open_storage(params.tune.storage, tmp_path)
+    storage, _ = open_storage(params.tune.storage, tmp_path)
     study = optuna.create_study(study_name=f"{TASK}-pretrain", storage=storage, direction="maximize")
     for lr in (1e-3, 3e-3, 1e-2, 0.5):  # three sane rates, then one that wrecks the policy in 10 updates
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 1e-4})
@@ -138,7 +140,7 @@ def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
 def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_random_hdf5):
     """Finetune phase, sqlite storage: two processes at once, then a third run continuing the study."""
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, startup_trials=10))
-    common.run_pretrain(plan, params, out_dir=common.pretrain_dir(tmp_path, TASK), root=tmp_path, progress=False)
+    pretrain.run_stage(plan, params, root=tmp_path, track=False)
     url = f"sqlite:///{tmp_path}/studies.db"
     workers = [run_cli("--phase", "finetune", "--storage", url, "--n-trials", "2", root=tmp_path, wait=False)
                for _ in range(2)]
@@ -165,22 +167,20 @@ def test_a_killed_workers_trial_is_failed_not_complete(tmp_path, hopper_random_h
     make_root(tmp_path, hopper_random_hdf5, storage="journal:optuna.log", pretrain_updates=100_000, eval_every=10_000)
     worker = run_cli("--phase", "pretrain", "--n-trials", "1", root=tmp_path, wait=False)
     deadline = time.monotonic() + 120
-    work = tmp_path / ".cache" / "tune" / f"{TASK}-pretrain" / "trial_0"
     running = []
-    while not (running and work.is_dir()) and time.monotonic() < deadline and worker.poll() is None:
+    while not running and time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.5)
         if (tmp_path / "optuna.log").exists():
             running = [t for t in journal(tmp_path, f"{TASK}-pretrain").trials if "odt.worker" in t.user_attrs]
     worker.kill()  # SIGKILL: no chance to tell the study
     _, err = worker.communicate()
-    assert running and running[0].state == optuna.trial.TrialState.RUNNING and work.is_dir(), err
+    assert running and running[0].state == optuna.trial.TrialState.RUNNING, err
 
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, storage="journal:optuna.log"))
     summary = tune.run_stage(plan, params, "pretrain", root=tmp_path, n_trials=1, track=False)
     trials = journal(tmp_path, f"{TASK}-pretrain").trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert summary["states"] == {"FAIL": 1, "COMPLETE": 1} and summary["best_trial"] == 1
-    assert not list((tmp_path / ".cache" / "tune" / f"{TASK}-pretrain").glob("trial_*"))
 
 
 def test_bad_ranges_storage_and_changed_search_space_are_one_line_errors(tmp_path, hopper_random_hdf5, capsys):

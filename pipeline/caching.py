@@ -1,0 +1,64 @@
+"""Result keys: what determines a stage's result, hashed, names its work directory and its MLflow run.
+
+A work directory is keyed by a fingerprint of everything that determines its result
+(configs, input file hashes, code), so a rerun with the same inputs finds its state and
+resumes, and a changed input starts afresh beside it. A finished unit leaves
+`result.json` there (written last), so a rerun never recomputes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from odt.datasets.download import sha256_file
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: the cache key
+    return sha256_file(path)
+
+
+def file_sha(path: str | Path) -> str:
+    st = Path(path).stat()
+    return _file_sha(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def code_sha() -> str:
+    """Hash of the code that computes results: odt/ and the resolution of params into configs."""
+    import odt  # noqa: PLC0415
+
+    files = sorted(Path(odt.__file__).parent.rglob("*.py")) + [Path(__file__).with_name("params.py")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pretrain_key(plan, params, cfg, data: Path) -> dict[str, Any]:
+    """Everything that determines a pretraining result (its fingerprint and MLflow params)."""
+    return {"stage": "pretrain", "task": plan.name, "model": dataclasses.asdict(plan.model), "train": cfg.model_dump(),
+            "env_version": params.env_version, "data_sha256": file_sha(data), "code_sha256": code_sha()}
+
+
+def finetune_key(plan, params, cfg, checkpoint: Path, root: Path) -> dict[str, Any]:
+    """Same for finetuning, seeds left out (one key per stage, the seeds are below it)."""
+    from odt.envs import fixed_obs_json  # noqa: PLC0415
+    from pipeline.params import fixed_obs  # noqa: PLC0415
+
+    return {"stage": "finetune", "task": plan.name, "train": cfg.model_dump(), "offline_eval": plan.pretrain.evaluation.model_dump(),
+            "fixed_obs": fixed_obs_json(fixed_obs(root, plan.name)), "env_version": params.env_version, "checkpoint_sha256": file_sha(checkpoint), "code_sha256": code_sha()}
+
+
+def done(path: Path) -> dict[str, Any] | None:
+    """The result a finished unit left at `path` (result.json), or None."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None

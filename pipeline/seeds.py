@@ -1,0 +1,133 @@
+"""The seeds of a stage: in parallel, each resumable in its own directory, each a child MLflow run.
+
+A stage names its result key (what determines its results: the work directory and the
+MLflow runs are keyed by its fingerprint) and one function `job(seed, seed_dir, logger)`
+that runs a seed (or resumes it from what `seed_dir` holds) and returns its result. A
+finished seed leaves `result.json` (written last), so a rerun skips it; the stage's
+output directory is replaced only when every seed has finished.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from odt.atomic import atomic_dir, copy_file, write_json
+from pipeline import caching, curves, parallel, paths
+
+Job = Callable[[int, Path, Any], dict[str, Any]]  # (seed, seed_dir, logger or None) -> result
+
+
+class SeedsFailed(RuntimeError):
+    pass
+
+
+def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None,
+          summary_keys: tuple[str, ...], files: tuple[str, ...], root: Path) -> dict[str, Any]:
+    """One seed in a worker process: never raises, so the other seeds finish and keep their results."""
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    info = {"seed": seed, "pid": os.getpid(), "threads": torch.get_num_threads()}
+    try:
+        from pipeline.tracking import RunLogger, Tracker  # noqa: PLC0415
+
+        result = caching.done(seed_dir / "result.json")
+        if result is None:
+            result = job(seed, seed_dir, None if tracking is None else RunLogger(*tracking))
+            write_json(seed_dir / "result.json", result)  # the done marker: written last
+        if tracking is not None:
+            publish_run(Tracker(root, tracking[0]), tracking[1], seed_dir, result, summary_keys, files)
+        return {**info, "ok": True, "result": result}
+    except Exception as err:  # reported by the stage, naming the seed
+        if tracking is not None:
+            try:
+                Tracker(root, tracking[0]).finish(tracking[1], "FAILED")
+            except Exception:  # the store itself may be the problem; the stage reports the seed anyway
+                pass
+        return {**info, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], summary_keys: tuple[str, ...],
+                files: tuple[str, ...]) -> None:
+    """A finished seed's summary metrics, files (and its curve as a PNG), then its run marked finished."""
+    if tracker.status(run_id) == "FINISHED":
+        return
+    tracker.log_metrics(run_id, {k: result[k] for k in summary_keys}, step=result.get("num_updates", 0))
+    artifacts = [seed_dir / name for name in files]
+    if (seed_dir / "curve.csv").is_file():
+        artifacts.append(curves.plot(seed_dir / "curve.png", [
+            {"online_samples": r["online_samples"], "mean": r["eval_normalized"], "std": r["eval_normalized_std"],
+             "seeds": 1} for r in curves.read_csv(seed_dir / "curve.csv")],
+            title=f"{result['task']} seed {result['seed']} (std over eval episodes)"))
+    tracker.log_artifacts(run_id, artifacts)
+    tracker.finish(run_id)
+
+
+def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, out: Path, files: tuple[str, ...],
+        summary_keys: tuple[str, ...], track: bool = True, hparams_source: str = "params", backend: str | None = None,
+        n_jobs: int | None = None, address: str | None = None,
+        threads_per_worker: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed end in `out/seed_<k>/`.
+
+    Returns the seeds' results in seed order and how it ran (work dir, workers, the MLflow
+    parent run: `tracker` and `parent`, for the stage's own summary).
+    """
+    root = Path(root).resolve()  # absolute: a dask or ray worker may run in another directory
+    par = params.parallel
+    backend, address = backend or par.backend, address or par.address
+    fp = caching.fingerprint(key)
+    work = paths.work_root(root, plan.name) / f"{name}-{fp}"
+    seeds = list(range(params.seeds))
+    pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
+    # planned for all seeds, not the ones left: a resumed seed runs with the threads it started with
+    workers, threads = parallel.plan_workers(n_jobs or par.n_jobs, len(seeds), backend,
+                                             threads_per_worker or par.threads_per_worker)
+    workers = max(1, min(workers, len(pending)))
+
+    tracker = parent = None
+    children: dict[int, str] = {}
+    if track:
+        from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
+
+        tracker = Tracker(root)
+        exp = tracker.experiment(f"odt/{plan.name}")
+        tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, hparams_source=hparams_source,
+                          backend=backend, workers=workers, threads_per_worker=threads)
+        run_params = flat({k: v for k, v in key.items() if k != "stage"})
+        parent, _ = tracker.open(exp, f"{name}:{fp}", name, tags, run_params)
+        for s in seeds:
+            children[s], _ = tracker.open(exp, f"{name}:{fp}:seed{s}", f"seed {s}", {**tags, "seed": s},
+                                          {**run_params, "seed": s}, parent=parent)
+            if s not in pending:  # finished before a crash but not yet published
+                publish_run(tracker, children[s], work / f"seed_{s}", caching.done(work / f"seed_{s}" / "result.json"),
+                            summary_keys, files)
+
+    print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done before); "
+          f"{backend}, {workers} workers x {threads} torch threads", flush=True)
+    jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads, summary_keys=summary_keys, files=files,
+                 tracking=(tracker.uri, children[s]) if track else None, root=root) for s in pending]
+    try:
+        outcomes = parallel.run_parallel(_seed, jobs, backend=backend, n_jobs=workers, address=address)
+    except BaseException:
+        if track:
+            tracker.finish(parent, "FAILED")
+        raise
+    failed = [o for o in outcomes if not o["ok"]]
+    for o in failed:
+        print(f"--- {plan.name} seed {o['seed']} ---\n{o['traceback']}", file=sys.stderr)
+    if failed:
+        if track:
+            tracker.finish(parent, "FAILED")
+        raise SeedsFailed("; ".join(f"{name} {plan.name} seed {o['seed']} failed: {o['error']}" for o in failed)
+                          + f" ({len(seeds) - len(failed)} other seeds finished and are kept for the rerun)")
+
+    with atomic_dir(out) as tmp:
+        for s in seeds:
+            for file in files:
+                copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
+    results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
+    return results, {"work_dir": work, "tracker": tracker, "parent": parent,
+                     "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}

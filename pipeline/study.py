@@ -1,0 +1,206 @@
+"""Optuna studies: storage (sqlite, journal, any RDB), the seeded sampler, the pruner, workers that died.
+
+A study `<task>-<phase>` lives in `tune.storage`, so several workers on one or more
+machines can run it at once and a rerun adds trials to it. A trial whose worker was
+killed is marked FAIL (RDB heartbeat; a same-host dead-process check for every storage).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from odt.config import ConfigError
+from odt.datasets.download import file_lock
+from pipeline.params import TuneParams
+from pipeline.tuned import TUNABLE
+
+DIRECTION = "maximize"
+HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial without a heartbeat for GRACE_S is marked FAIL
+WORKER_ATTR, SPACE_ATTR, UID_ATTR, OBJECTIVE_ATTR = "odt.worker", "odt.search_space", "odt.uid", "odt.objective"
+DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "PyMySQL"}  # what `pip install` gives an RDB URL a driver
+
+
+class StudyError(ConfigError):
+    """Bad storage, a study at odds with params.yaml, or a missing input: exit 2."""
+
+
+# storage -------------------------------------------------------------------------------------
+def _from_root(path: str, root: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(root) / p
+
+
+def storage_label(spec: str, root: Path) -> str:
+    """The storage as people should see it: relative paths resolved, passwords hidden."""
+    if spec.startswith("journal:"):
+        return f"journal:{_from_root(spec[len('journal:'):], root)}"
+    if spec.startswith("sqlite:///") and spec not in ("sqlite:///", "sqlite:///:memory:"):
+        return f"sqlite:///{_from_root(spec[len('sqlite:///'):], root).resolve()}"
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    try:
+        return make_url(spec).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: open_storage says so
+        return spec
+
+
+def open_storage(spec: str, root: Path):
+    """An Optuna storage for `spec`, or StudyError with one line saying what is wrong."""
+    import optuna  # noqa: PLC0415
+    import sqlalchemy.exc  # noqa: PLC0415
+
+    label = storage_label(spec, root)
+    if spec.startswith("journal:"):
+        path = Path(label[len("journal:"):])
+        if not path.parent.is_dir():
+            raise StudyError(f"cannot open Optuna storage {label}: directory {path.parent} does not exist")
+        from optuna.storages.journal import JournalFileBackend  # noqa: PLC0415
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path))), label
+    url = label if label.startswith("sqlite:///") else spec
+    backend = url.split(":", 1)[0].split("+", 1)[0]
+    connect = {"sqlite": {"timeout": 60}, "postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+    # Two workers creating the tables of a new database at once race on its schema: on a
+    # local sqlite file a lock beside it serialises them; on a server the loser retries.
+    db = Path(url[len("sqlite:///"):]) if backend == "sqlite" and url != "sqlite:///:memory:" else None
+    lock = (lambda: file_lock(db.with_name(db.name + ".lock"))) if db and db.parent.is_dir() else contextlib.nullcontext
+    try:
+        for attempt in range(3):
+            try:
+                with lock():
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs={"connect_args": connect[backend]} if backend in connect else None,
+                        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                break
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+                racing = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
+                if attempt == 2 or not any(s in str(err) for s in racing):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    except ImportError:
+        pkg = DRIVERS.get(backend)
+        hint = f"pip install {pkg}" if pkg else "install the database driver SQLAlchemy names for it"
+        raise StudyError(f"Optuna storage {label} needs a {backend} driver that is not installed: {hint}") from None
+    except sqlalchemy.exc.ArgumentError as err:
+        raise StudyError(f"tune.storage {label!r} is not a storage URL ({first_line(err)}); use sqlite:///optuna.db, "
+                         "journal:optuna.log or postgresql://user:password@host/db") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        raise StudyError(f"cannot reach Optuna storage {label}: {first_line(getattr(err, 'orig', None) or err)}; "
+                         "check the URL, that the database server runs and accepts this user") from None
+    return storage, label
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# the study -----------------------------------------------------------------------------------
+def search_space(tune: TuneParams) -> dict[str, dict[str, float]]:
+    return {name: {"low": getattr(tune, name).low, "high": getattr(tune, name).high, "log": True} for name in TUNABLE}
+
+
+def make_sampler(seed: int):
+    """TPE whose draws for trial k use seed + k: reproducible, and two workers never draw alike."""
+    import optuna  # noqa: PLC0415
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.seed = seed
+            self._tpe = optuna.samplers.TPESampler(seed=seed)
+
+        def before_trial(self, study, trial) -> None:
+            self._tpe = optuna.samplers.TPESampler(seed=(self.seed + trial.number) % 2**32)
+            self._tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, space):
+            return self._tpe.sample_relative(study, trial, space)
+
+        def sample_independent(self, study, trial, name, distribution):
+            return self._tpe.sample_independent(study, trial, name, distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._tpe.after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
+def make_pruner(tune: TuneParams, phase: str, budget: int, eval_every: int):
+    import optuna  # noqa: PLC0415
+
+    if tune.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=0)
+    if tune.pruner == "hyperband":  # resource: updates (pretrain) or evaluations (finetune)
+        if phase == "pretrain":
+            return optuna.pruners.HyperbandPruner(min_resource=min(eval_every, budget), max_resource=budget,
+                                                  reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, budget: int, eval_every: int):
+    """Create or continue the study; the search space it was created with must be params.yaml's."""
+    import optuna  # noqa: PLC0415
+
+    study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
+                                sampler=make_sampler(tune.sampler_seed),
+                                pruner=make_pruner(tune, phase, budget, eval_every))
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise StudyError(f"study '{name}' in {label} minimizes; the objective here is maximized: use another --study")
+    space = search_space(tune)
+    attrs = study.user_attrs
+    if SPACE_ATTR not in attrs:  # a new study (or one from before these attributes): record what it searches
+        study.set_user_attr(SPACE_ATTR, space)
+        study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
+        attrs = study.user_attrs
+    if attrs[SPACE_ATTR] != space:
+        raise StudyError(
+            f"study '{name}' in {label} searches {_describe(attrs[SPACE_ATTR])} but params.yaml tune has "
+            f"{_describe(space)}; restore those ranges, or start another study with --study NAME "
+            f"(or delete it: optuna delete-study --study-name {name} --storage {label})")
+    objective = {"budget": budget, "eval_every": eval_every, "pruner": tune.pruner}
+    if attrs.get(OBJECTIVE_ATTR, objective) != objective:
+        print(f"note: study '{name}' ran earlier trials with {attrs[OBJECTIVE_ATTR]}, now {objective}; "
+              "their values may not compare (--study NAME starts a fresh study)", file=sys.stderr)
+    study.set_user_attr(OBJECTIVE_ATTR, objective)
+    return study
+
+
+def _describe(space: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{k} [{v['low']:g}, {v['high']:g}]" for k, v in sorted(space.items()))
+
+
+def worker_id() -> dict[str, Any]:
+    import psutil  # noqa: PLC0415
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def fail_dead_trials(study) -> list[int]:
+    """RUNNING trials of a process on this host that no longer exists: FAIL (journal storage has no heartbeat)."""
+    import optuna  # noqa: PLC0415
+    import psutil  # noqa: PLC0415
+
+    failed = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        w = t.user_attrs.get(WORKER_ATTR)
+        if not w or w.get("host") != host:
+            continue  # another machine's worker: the RDB heartbeat covers it
+        try:
+            alive = abs(psutil.Process(int(w["pid"])).create_time() - w["started"]) < 1.0  # not a reused pid
+        except psutil.Error:
+            alive = False
+        if not alive:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            failed.append(t.number)
+    return failed
