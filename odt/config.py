@@ -6,7 +6,7 @@ paces, and how its policy is scored. Bad values fail here with one line naming t
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -36,6 +36,7 @@ class EvalConfig(_Config):
 class OptimConfig(_Config):
     """LAMB on theta (linear warmup, gradient clipping); Adam on log lambda, the temperature."""
 
+    optimizer: Literal["lamb", "adamw"] = "lamb"  # adamw: the original Decision Transformer's
     batch_size: PosInt = 256
     learning_rate: PosFloat = 1e-4
     weight_decay: NonNegFloat = 5e-4

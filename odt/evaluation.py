@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -207,14 +208,38 @@ def rollout(
     return RolloutResult(returns=returns, lengths=lengths, trajectories=trajectories)
 
 
+def eval_seeds(seed: int, index: int, n: int) -> list[int]:
+    """Episode seeds of the `index`-th evaluation of run `seed` with `n` episodes: every algorithm uses this rule,
+    so they are scored on the same episodes, and a score never touches a training RNG."""
+    return [(seed * 1_000_003 + index * n + i) % 2**31 for i in range(n)]
+
+
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], envs: gym.vector.VectorEnv, seeds: list[int]) -> RolloutResult:
+    """One episode per env of a Markov policy `act` (observations (N, obs) -> actions (N, act)): the baselines' evaluation."""
+    N = envs.num_envs
+    returns, lengths, done = np.zeros(N), np.zeros(N, dtype=np.int64), np.zeros(N, dtype=bool)
+    obs, _ = envs.reset(seed=seeds)
+    while not done.all():
+        obs, reward, terminated, truncated, _ = envs.step(np.asarray(act(obs), dtype=np.float32))
+        returns += np.where(done, 0.0, reward)
+        lengths += ~done
+        done |= terminated | truncated
+    return RolloutResult(returns=returns, lengths=lengths, trajectories=[])
+
+
 def evaluate(model: DecisionTransformer, envs: gym.vector.VectorEnv, **kwargs) -> RolloutResult:
     """Evaluation rollouts: the policy's mean action, one episode per environment."""
     return rollout(model, envs, sample=False, **kwargs)
 
 
 def score(result: RolloutResult, task: str | None = None) -> dict[str, float]:
-    """Mean and std over episodes of the raw return and, for a D4RL task, the normalized one (100 = expert)."""
-    out = {"eval_return": float(result.returns.mean()), "eval_return_std": float(result.returns.std())}
+    """Mean and std over episodes of the raw return and, for a D4RL task, the normalized one (100 = expert).
+
+    Episode lengths too: episodes of one length with no spread in return are a policy that
+    always falls the same way.
+    """
+    out = {"eval_return": float(result.returns.mean()), "eval_return_std": float(result.returns.std()),
+           "eval_length": float(result.lengths.mean()), "eval_length_std": float(result.lengths.std())}
     if task is not None:
         normalized = np.asarray(normalized_score(task, result.returns), dtype=np.float64)
         out |= {"eval_normalized": float(normalized.mean()), "eval_normalized_std": float(normalized.std())}

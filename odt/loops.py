@@ -69,7 +69,7 @@ def pretrain(
         trainer = ODTTrainer(model_cfg, cfg, TrajectoryReplayBuffer(len(data), data), seed=seed, device=device, task=task)
         evaluations, elapsed = [], 0.0
     else:
-        trainer = ODTTrainer.from_state(state["trainer"], optim=cfg, device=device)
+        trainer = ODTTrainer.from_state(state["trainer"], optim=cfg, device=device, data=data)
         evaluations, elapsed = state["evaluations"], state["wall_time"]
     envs = _envs(env_fn, cfg.eval_episodes, trainer)  # a dims mismatch fails here, before any update
     start = time.perf_counter() - elapsed
@@ -88,8 +88,8 @@ def pretrain(
                 metrics |= evaluation
                 logger.report(evaluation.get("eval_normalized", evaluation["eval_return"]), step, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, step)
-            if last or step % cfg.checkpoint_every == 0:
-                _save(checkpoint, trainer, evaluations=evaluations, wall_time=time.perf_counter() - start)
+            if last or step % cfg.checkpoint_every == 0:  # the buffer is the offline data: not copied
+                _save(checkpoint, trainer, buffer=False, evaluations=evaluations, wall_time=time.perf_counter() - start)
     envs.close()
     return Run(trainer, evaluations, time.perf_counter() - start)
 
@@ -99,6 +99,7 @@ def finetune(
     cfg: FinetuneConfig,
     env_fn: EnvFn,
     *,
+    data: Sequence[Trajectory] | None = None,
     seed: int = 0,
     offline: EvalConfig | None = None,
     device: str = "auto",
@@ -108,8 +109,9 @@ def finetune(
 ) -> Run:
     """Algorithm 1: rounds of exploration and updates from a pretrained trainer until `cfg.online_samples`.
 
-    `pretrained` (a trainer, left untouched, or its checkpoint file) starts with `seed`'s
-    own RNG streams and the top `buffer_size` offline trajectories. It is scored first with
+    `pretrained` (a trainer, left untouched, or its checkpoint file with `data`, the offline
+    trajectories, which pretraining checkpoints do not copy) starts with `seed`'s own RNG
+    streams and the top `buffer_size` offline trajectories. It is scored first with
     `offline`'s evaluation settings (the pretraining's; default: `cfg`'s) and with `cfg`'s
     (the curve's first point). Each round explores with g_online, adds the rollouts to
     the buffer (FIFO, hindsight RTGs) and runs `updates_per_round` updates; every
@@ -118,7 +120,8 @@ def finetune(
     logger = logger or NullLogger()
     state = _resume(checkpoint)
     if state is None:
-        trainer = ODTTrainer.load(pretrained, device=device) if isinstance(pretrained, (str, Path)) else pretrained.copy()
+        trainer = ODTTrainer.load(pretrained, device=device, data=data) if isinstance(pretrained, (str, Path)) \
+            else pretrained.copy()
         trainer.use(cfg)
         trainer.reseed(seed)
         trainer.buffer = TrajectoryReplayBuffer(cfg.buffer_size, trainer.buffer.trajectories)  # top-N offline
@@ -138,8 +141,8 @@ def finetune(
         logger.report(first.get("eval_normalized", first["eval_return"]), trainer.num_updates, cfg.online_samples == 0)
         logger.log({"online_samples": 0, **{k.replace("eval_", "offline_"): v for k, v in offline_score.items()},
                     **first, "wall_time": time.perf_counter() - start}, trainer.num_updates)
-        _save(checkpoint, trainer, evaluations=evaluations, offline=offline_score, rounds=0, online_samples=0,
-              wall_time=time.perf_counter() - start)
+        _save(checkpoint, trainer, buffer=True, evaluations=evaluations, offline=offline_score, rounds=0,
+              online_samples=0, wall_time=time.perf_counter() - start)
     else:
         evaluations, offline_score = state["evaluations"], state["offline"]
         rounds, online_samples = state["rounds"], state["online_samples"]
@@ -165,7 +168,7 @@ def finetune(
                 logger.report(evaluation.get("eval_normalized", evaluation["eval_return"]), trainer.num_updates, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, trainer.num_updates)
             if last or rounds % cfg.checkpoint_every_rounds == 0:
-                _save(checkpoint, trainer, evaluations=evaluations, offline=offline_score, rounds=rounds,
+                _save(checkpoint, trainer, buffer=True, evaluations=evaluations, offline=offline_score, rounds=rounds,
                       online_samples=online_samples, wall_time=time.perf_counter() - start)
     eval_envs.close()
     explore_envs.close()
@@ -182,7 +185,7 @@ def _resume(checkpoint: str | Path | None) -> dict[str, Any] | None:
     return load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
 
 
-def _save(checkpoint: str | Path | None, trainer: ODTTrainer, **loop: Any) -> None:
-    """The trainer and the loop's own state (evaluations, counters, wall time): all a rerun needs."""
+def _save(checkpoint: str | Path | None, trainer: ODTTrainer, *, buffer: bool, **loop: Any) -> None:
+    """The trainer (`buffer`: with its replay buffer) and the loop's own state: all a rerun needs."""
     if checkpoint is not None:
-        save_checkpoint(checkpoint, {"trainer": trainer.state_dict(), **loop})
+        save_checkpoint(checkpoint, {"trainer": trainer.state_dict(buffer=buffer), **loop})

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -20,8 +20,9 @@ from pytorch_optimizer import Lamb
 from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
+from odt.data import Trajectory
 from odt.config import EvalConfig, FinetuneConfig, OptimConfig
-from odt.evaluation import RolloutResult, evaluate, rollout, score
+from odt.evaluation import RolloutResult, eval_seeds, evaluate, rollout, score
 from odt.losses import TanhNormal, deterministic_loss, policy_loss, temperature_loss
 from odt.model import DecisionTransformer, ModelConfig
 from odt.replay import Batch, TrajectoryReplayBuffer
@@ -61,10 +62,9 @@ class ODTTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        self.optimizer = Lamb(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.learning_rate,
-        )
+        groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = {"lamb": Lamb, "adamw": torch.optim.AdamW}[optim.optimizer]
+        self.optimizer = opt(groups, lr=optim.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._warmup)
 
         # lambda, the dual variable of the entropy constraint, learned as log lambda
@@ -151,8 +151,27 @@ class ODTTrainer:
                 "temperature": self.temperature.detach(),
                 "temperature_loss": t_loss.detach(),
             }
+        metrics |= self._health(mean.detach().float(), None if log_std is None else log_std.detach().float(), actions, mask)
         self.num_updates += 1
         return metrics
+
+    @torch.no_grad()
+    def _health(self, mean: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor,
+                mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What a collapse shows first, as device tensors: the policy's spread and mean, the data at the clamp,
+        LAMB's trust ratios (min/median/max over tensors)."""
+        m = torch.ones(mean.shape[:2], device=mean.device) if mask is None else mask
+        weight = (m / m.sum()).unsqueeze(-1)  # over real tokens only
+        out = {"mean_abs": (mean.abs() * weight).sum() / mean.shape[-1],
+               "actions_at_clamp": ((actions.abs() >= 1.0 - 1e-3).float() * weight).sum() / actions.shape[-1]}
+        if log_std is not None:
+            per_dim = (log_std * weight).sum((0, 1))  # (act_dim,): mean log-std of each action dim
+            out |= {"log_std_mean": per_dim.mean(), "log_std_min": per_dim.min()}
+        ratios = [s["trust_ratio"] for s in self.optimizer.state.values() if "trust_ratio" in s]
+        if ratios:
+            r = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=mean.device) for x in ratios])
+            out |= {"trust_ratio_min": r.min(), "trust_ratio_median": r.median(), "trust_ratio_max": r.max()}
+        return out
 
     def train_updates(self, n: int, *, progress: bool = False, desc: str = "updates") -> dict[str, float]:
         """`n` updates; returns the metrics averaged over them (one host sync at the end)."""
@@ -180,7 +199,7 @@ class ODTTrainer:
         Returns raw and (with a task) D4RL-normalized returns, mean and std over episodes.
         Episode seeds follow from (seed, index) alone, so a score never touches the training RNG.
         """
-        seeds = [(self.seed * 1_000_003 + index * envs.num_envs + i) % 2**31 for i in range(envs.num_envs)]
+        seeds = eval_seeds(self.seed, index, envs.num_envs)
         result = evaluate(self.model, envs, target_return=cfg.g_eval, seeds=seeds, state_mean=self.state_mean,
                           state_std=self.state_std, context_len=cfg.eval_context_len)
         return score(result, self.task)
@@ -211,7 +230,8 @@ class ODTTrainer:
         return ODTTrainer.from_state(copy.deepcopy(self.state_dict()), device=self.device)
 
     # checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, buffer: bool = True) -> dict[str, Any]:
+        """Everything needed to continue; `buffer=False` leaves out the replay buffer (offline data can be reloaded)."""
         state = {
             "model_config": dataclasses.asdict(self.model_cfg),
             "optim": {k: getattr(self.optim, k) for k in OptimConfig.model_fields},
@@ -222,14 +242,15 @@ class ODTTrainer:
             "scheduler": self.scheduler.state_dict(),
             "log_temperature": self.log_temperature.detach().clone(),
             "temperature_optimizer": self.temperature_optimizer.state_dict(),
-            "buffer": {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-                       for k, v in self.buffer.state_dict().items()},
             "state_mean": torch.from_numpy(self.state_mean),
             "state_std": torch.from_numpy(self.state_std),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "num_updates": self.num_updates,
         }
+        if buffer:
+            state["buffer"] = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                               for k, v in self.buffer.state_dict().items()}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -241,7 +262,8 @@ class ODTTrainer:
         with torch.no_grad():
             self.log_temperature.copy_(state["log_temperature"])
         self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
-        self.buffer = _buffer_from_state(state)
+        if "buffer" in state:
+            self.buffer = _buffer_from_state(state)
         self._set_normaliser(state["state_mean"].numpy(), state["state_std"].numpy())
         self.seed = int(state["seed"])
         self.rng.bit_generator.state = state["numpy_rng"]
@@ -251,10 +273,20 @@ class ODTTrainer:
         self.num_updates = int(state["num_updates"])
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], *, optim: OptimConfig | None = None,
-                   device: str | torch.device = "auto") -> "ODTTrainer":
-        """Rebuild a trainer from `state_dict()`; `optim` switches to another phase's values (see `use`)."""
-        trainer = cls(ModelConfig(**state["model_config"]), OptimConfig(**state["optim"]), _buffer_from_state(state),
+    def from_state(cls, state: dict[str, Any], *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
+                   data: Sequence[Trajectory] | None = None) -> "ODTTrainer":
+        """Rebuild a trainer from `state_dict()`; `optim` switches to another phase's values (see `use`).
+
+        A state saved without its buffer (a pretraining checkpoint) takes `data`, the offline trajectories.
+        """
+        if "buffer" in state:
+            buffer = _buffer_from_state(state)
+        elif data is not None:
+            buffer = TrajectoryReplayBuffer(len(data), data)
+        else:
+            raise ValueError("this checkpoint holds no replay buffer (a pretraining checkpoint): pass data=, "
+                             "the offline trajectories it was trained on")
+        trainer = cls(ModelConfig(**state["model_config"]), OptimConfig(**state["optim"]), buffer,
                       seed=state["seed"], device=device, task=state["task"],
                       state_mean=state["state_mean"].numpy(), state_std=state["state_std"].numpy())
         trainer.load_state_dict(state)
@@ -266,9 +298,10 @@ class ODTTrainer:
         return save_checkpoint(path, {"trainer": self.state_dict()})
 
     @classmethod
-    def load(cls, path: str | Path, *, optim: OptimConfig | None = None, device: str | torch.device = "auto") -> "ODTTrainer":
-        """The trainer in a checkpoint written by `save` or by a loop of odt/loops.py."""
-        return cls.from_state(load_checkpoint(path)["trainer"], optim=optim, device=device)
+    def load(cls, path: str | Path, *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
+             data: Sequence[Trajectory] | None = None) -> "ODTTrainer":
+        """The trainer in a checkpoint written by `save` or by a loop of odt/loops.py (see `from_state`)."""
+        return cls.from_state(load_checkpoint(path)["trainer"], optim=optim, device=device, data=data)
 
     def save_policy(self, path: str | Path, cfg: EvalConfig | None = None) -> Path:
         """Weights and what inference needs (and how to score it, given `cfg`), without optimiser or buffer."""

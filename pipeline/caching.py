@@ -44,19 +44,20 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def pretrain_key(plan, params, cfg, data: Path) -> dict[str, Any]:
-    """Everything that determines a pretraining result (its fingerprint and MLflow params)."""
-    return {"stage": "pretrain", "task": plan.name, "model": dataclasses.asdict(plan.model), "train": cfg.model_dump(),
+def pretrain_key(stage: str, plan, params, model, cfg, data: Path) -> dict[str, Any]:
+    """Everything that determines a pretraining-shaped stage's results (its fingerprint and MLflow params), seeds left out."""
+    return {"stage": stage, "task": plan.name, "model": dataclasses.asdict(model), "train": cfg.model_dump(),
             "env_version": params.env_version, "data_sha256": file_sha(data), "code_sha256": code_sha()}
 
 
-def finetune_key(plan, params, cfg, checkpoint: Path, root: Path) -> dict[str, Any]:
-    """Same for finetuning, seeds left out (one key per stage, the seeds are below it)."""
+def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path) -> dict[str, Any]:
+    """Same for finetuning: the pretrained checkpoints each seed starts from, by content."""
     from odt.envs import fixed_obs_json  # noqa: PLC0415
     from pipeline.params import fixed_obs  # noqa: PLC0415
 
     return {"stage": "finetune", "task": plan.name, "train": cfg.model_dump(), "offline_eval": plan.pretrain.evaluation.model_dump(),
-            "fixed_obs": fixed_obs_json(fixed_obs(root, plan.name)), "env_version": params.env_version, "checkpoint_sha256": file_sha(checkpoint), "code_sha256": code_sha()}
+            "fixed_obs": fixed_obs_json(fixed_obs(root, plan.name)), "env_version": params.env_version,
+            "checkpoint_sha256": [file_sha(c) for c in checkpoints], "code_sha256": code_sha()}
 
 
 def done(path: Path) -> dict[str, Any] | None:

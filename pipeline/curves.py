@@ -9,7 +9,8 @@ import numpy as np
 
 from odt.atomic import atomic_path, write_text
 
-COLUMNS = ["round", "online_samples", "eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]
+SCORES = ["eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]
+COLUMNS = ["round", "online_samples", *SCORES]  # ODT's finetuning curve; others write their own x column and SCORES
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -24,54 +25,58 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def aggregate(curves: list[list[dict[str, float]]], budget: int, points: int = 21) -> list[dict[str, float]]:
-    """Mean and std over seeds of normalized return vs online samples.
+def aggregate(curves: list[list[dict[str, float]]], budget: int, points: int = 21, x: str = "online_samples") -> list[dict[str, float]]:
+    """Mean and std over seeds of normalized return vs `x` (online samples).
 
     Seeds evaluate at different sample counts (episode lengths differ), so each curve is
-    linearly interpolated onto `points` evenly spaced sample counts in [0, budget].
+    linearly interpolated onto `points` evenly spaced values in [0, budget].
     """
     grid = np.linspace(0, budget, points)
     ys = []
     for c in curves:
-        x = np.array([r["online_samples"] for r in c], dtype=float)
-        x[-1] = min(x[-1], budget)  # the final evaluation (first past the budget) is the score at the budget
-        ys.append(np.interp(grid, x, [r["eval_normalized"] for r in c]))
+        xs = np.array([r[x] for r in c], dtype=float)
+        xs[-1] = min(xs[-1], budget)  # the final evaluation (first past the budget) is the score at the budget
+        ys.append(np.interp(grid, xs, [r["eval_normalized"] for r in c]))
     ys = np.stack(ys)
     mean, std = ys.mean(axis=0), ys.std(axis=0)
-    return [{"online_samples": float(x), "mean": float(m), "std": float(s), "lower": float(m - s), "upper": float(m + s),
-             "seeds": len(curves)} for x, m, s in zip(grid, mean, std)]
+    return [{x: float(g), "mean": float(m), "std": float(s), "lower": float(m - s), "upper": float(m + s),
+             "seeds": len(curves)} for g, m, s in zip(grid, mean, std)]
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Offline and online normalized return, mean and std (ddof 0) over seeds."""
-    off = np.array([r["offline_normalized"] for r in results])
-    on = np.array([r["online_normalized"] for r in results])
-    return {"seeds": len(results), "offline_mean": float(off.mean()), "offline_std": float(off.std()),
-            "online_mean": float(on.mean()), "online_std": float(on.std()), "delta": float(on.mean() - off.mean())}
+    """Offline and online normalized return (those the results have), mean and std (ddof 0) over seeds; delta."""
+    out: dict[str, float] = {"seeds": len(results)}
+    for phase in ("offline", "online"):
+        if f"{phase}_normalized" in results[0]:
+            values = np.array([r[f"{phase}_normalized"] for r in results])
+            out |= {f"{phase}_mean": float(values.mean()), f"{phase}_std": float(values.std())}
+    if "offline_mean" in out and "online_mean" in out:
+        out["delta"] = out["online_mean"] - out["offline_mean"]
+    return out
 
 
-def plot(path: Path, curve: list[dict[str, float]], *, title: str, paper_online: float | None = None,
-         offline: float | None = None) -> Path:
-    """Mean line and +-std band; the paper's online score dashed. PNG, written atomically."""
+def plot(path: Path, series: dict[str, list[dict[str, float]]], *, title: str, x: str = "online_samples",
+         xlabel: str = "online samples", lines: dict[str, float] | None = None) -> Path:
+    """Each series' mean line and +-std band over seeds; `lines` as horizontal levels. PNG, written atomically."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    x = np.array([r["online_samples"] for r in curve])
-    mean = np.array([r["mean"] for r in curve])
-    std = np.array([r["std"] for r in curve])
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(x, mean, color="C3", label=f"ODT (ours), mean over {int(curve[0]['seeds'])} seeds")
-    ax.fill_between(x, mean - std, mean + std, color="C3", alpha=0.25, label="+-1 std")
-    if offline is not None:
-        ax.axhline(offline, color="grey", linestyle=":", label="ours, pretrained")
-    if paper_online is not None and np.isfinite(paper_online):
-        ax.axhline(paper_online, color="k", linestyle="--", label="paper, ODT online (Table 5.1)")
-    ax.set_xlabel("online samples")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for i, (label, curve) in enumerate(series.items()):
+        xs, mean, std = (np.array([r[k] for r in curve]) for k in (x, "mean", "std"))
+        seeds = int(curve[0]["seeds"])
+        ax.plot(xs, mean, color=f"C{i}", label=f"{label}, mean over {seeds} seeds" if seeds > 1 else label)
+        ax.fill_between(xs, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+    for j, (label, value) in enumerate((lines or {}).items()):
+        if value is not None and np.isfinite(value):
+            ax.axhline(value, color=("grey", "k", "C7", "C8")[j % 4], linestyle=(":", "--", "-.", (0, (1, 3)))[j % 4],
+                       label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("normalized return")
     ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:

@@ -2,8 +2,8 @@
 
     python -m pipeline.finetune --task hopper-medium-v2
 
-Seeds 0 .. seeds-1 each run odt.loops.finetune from runs/<task>/pretrain/checkpoint.pt, in
-parallel through joblib (parallel.backend: loky on this machine, dask or ray on a
+Seed k runs odt.loops.finetune from pretraining seed k's checkpoint, runs/<task>/pretrain/seed_<k>/,
+in parallel through joblib (parallel.backend: loky on this machine, dask or ray on a
 cluster), each worker limited to `threads` torch threads so that workers x threads <=
 cores. Writes runs/<task>/finetune/seed_<k>/{result.json, curve.csv, policy.pt} and the
 summary runs/<task>/finetune.json. MLflow: a parent run `finetune` in experiment
@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt.atomic import write_json
 from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
@@ -29,12 +28,15 @@ SUMMARY = ("offline_normalized", "offline_normalized_std", "online_normalized", 
 
 
 def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], seed: int, seed_dir: Path, logger,
-                  *, root: Path, checkpoint: Path) -> dict[str, Any]:
-    """Finetune one seed (or resume it) in `seed_dir`; leaves policy.pt and curve.csv there."""
+                  *, root: Path) -> dict[str, Any]:
+    """Finetune pretraining seed k's checkpoint with seed k (or resume) in `seed_dir`; leaves policy.pt and curve.csv."""
+    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.loops import finetune  # noqa: PLC0415
 
-    run = finetune(checkpoint, cfg, plan.env_fn(root), seed=seed, offline=plan.pretrain, device=params.device,
-                   logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
+    data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)  # the buffer's offline part
+    run = finetune(paths.pretrained(root, plan.name, seed), cfg, plan.env_fn(root), data=data, seed=seed,
+                   offline=plan.pretrain, device=params.device, logger=logger, checkpoint=seed_dir / "state.pt",
+                   progress=False)
     run.trainer.save_policy(seed_dir / "policy.pt", cfg)
     curves.write_csv(seed_dir / "curve.csv", run.evaluations, curves.COLUMNS)
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
@@ -53,32 +55,22 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
     from odt.envs import check_dims, vector_env  # noqa: PLC0415
 
     root = Path(root).resolve()
-    checkpoint = paths.pretrain_dir(root, plan.name) / "checkpoint.pt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint {checkpoint} does not exist; run `dvc repro pretrain@{plan.name}` first")
+    checkpoints = [paths.pretrained(root, plan.name, s) for s in range(params.seeds)]
+    missing = [c for c in checkpoints if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"pretrained checkpoint {missing[0]} does not exist; run `dvc repro pretrain@{plan.name}` first")
     envs = vector_env(plan.env_fn(root), 1)  # a dims mismatch: one line, before any seed
     check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)
     envs.close()
     cfg, hparams = phase_config(plan, params, "finetune", root=root)
-    job = functools.partial(finetune_seed, plan, params, cfg, hparams, root=root, checkpoint=checkpoint)
-    out = paths.finetune_dir(root, plan.name)
-    results, how = seeds.run("finetune", plan, params, root=root, key=caching.finetune_key(plan, params, cfg, checkpoint, root),
+    job = functools.partial(finetune_seed, plan, params, cfg, hparams, root=root)
+    out = paths.run_dir(root, plan.name, "finetune")
+    results, how = seeds.run("finetune", plan, params, root=root, key=caching.finetune_key(plan, params, cfg, checkpoints, root),
                              job=job, out=out, files=FILES, summary_keys=SUMMARY, track=track,
-                             hparams_source=hparams["source"], **parallel)
+                             tags={"hparams_source": hparams["source"]}, **parallel)
     summary = {"task": plan.name, **curves.summarize(results), "online_samples": cfg.online_samples,
                "hparams": results[0]["hparams"]}
-    write_json(out.parent / "finetune.json", summary)
-    tracker, parent = how["tracker"], how["parent"]
-    if tracker is not None and tracker.status(parent) != "FINISHED":
-        work = how["work_dir"]
-        curve = curves.aggregate([curves.read_csv(work / f"seed_{s}" / "curve.csv") for s in range(params.seeds)],
-                                 cfg.online_samples)
-        csv = curves.write_csv(work / "curve.csv", curve, list(curve[0]))
-        png = curves.plot(work / "curve.png", curve, title=f"{plan.name}: finetuning", offline=summary["offline_mean"])
-        tracker.log_metrics(parent, {k: summary[k] for k in ("offline_mean", "offline_std", "online_mean", "online_std",
-                                                               "delta")}, step=cfg.online_samples)
-        tracker.log_artifacts(parent, [csv, png, out.parent / "finetune.json"])
-        tracker.finish(parent)
+    seeds.finish(how, summary, out.parent / "finetune.json", step=cfg.online_samples)
     return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
 
 

@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from odt.baselines.iql import IQLConfig
+from odt.baselines.sac import SACConfig
 from odt.config import ConfigError, FinetuneConfig, PretrainConfig, format_validation_error, validate
 from odt.model import ModelConfig
 from pipeline import paths
-from pipeline.tuned import TUNABLE, read_tuned, tuned_path
+from pipeline.tuning import TUNABLE, TuneParams, read_tuned, tuned_path
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -64,61 +66,43 @@ class ParallelParams(_Strict):
     threads_per_worker: PosInt | None = None  # torch threads per seed; None: 1 (results then do not depend on the backend)
 
 
-class SearchRange(_Strict):
-    """A log-uniform search range (Optuna's suggest_float(log=True)): 0 < low < high."""
-
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> "SearchRange":
-        if not self.low < self.high:
-            raise ValueError(f"empty search range [{self.low}, {self.high}]: low must be below high")
-        return self
-
-
-class TuneParams(_Strict):
-    """Optuna search over learning rate and weight decay (`python -m pipeline.tune`, DVC stages tune-<phase>@<task>)."""
-
-    tasks: list[str] = Field(default_factory=list)  # tasks that get DVC tune stages (dvc repro runs them)
-    learning_rate: SearchRange = SearchRange(low=1e-5, high=1e-2)
-    weight_decay: SearchRange = SearchRange(low=1e-6, high=1e-2)
-    n_trials: PosInt = 20  # trials per worker and run: a rerun adds as many to the same study
-    timeout: float | None = Field(None, gt=0)  # seconds per worker after which no new trial starts
-    sampler_seed: NonNegInt = 0  # TPE; trial k draws with seed sampler_seed + k, whichever worker runs it
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: NonNegInt = 5  # finished trials before the median pruner prunes
-    storage: str = "sqlite:///optuna.db"  # relative sqlite paths are from the repository root; journal:PATH; any RDB URL
-    pretrain_updates: PosInt | None = None  # a pretrain trial's budget; null: the task's pretrain_updates
-    eval_every: PosInt | None = None  # updates between a pretrain trial's intermediate evaluations; null: budget / 5
-    online_samples: PosInt | None = None  # a finetune trial's budget; null: the task's online_samples
-
-
 class TaskBlock(_Strict):
     fetch: FetchParams
     model: dict[str, Any]
     pretrain: dict[str, Any]
     finetune: dict[str, Any]
     tuned: dict[str, str] = Field(default_factory=dict)
+    dt: dict[str, dict[str, Any]] | None = None  # {model: ..., train: PretrainConfig} of the Decision Transformer
+    iql: dict[str, Any] | None = None  # IQLConfig; budget and episodes default to the finetune block's
+    sac: dict[str, Any] | None = None  # SACConfig; likewise
+
+
+BASELINES = ("dt", "iql", "sac")
 
 
 class Params(_Strict):
     profile: str
-    seeds: PosInt = 10  # finetuning seeds 0 .. seeds-1 (pretraining uses seed 0)
+    seeds: PosInt = 10  # seeds 0 .. seeds-1 of every algorithm; ODT's seed k pretrains and then finetunes
     device: Literal["auto", "cpu", "cuda"] = "auto"
     env_version: Literal["v4", "v5"] = "v5"
     use_tuned: bool = False
     parallel: ParallelParams = ParallelParams()
     tune: TuneParams = TuneParams()
+    baselines: dict[Literal["dt", "iql", "sac"], list[str]] = Field(default_factory=dict)  # the tasks each runs on
     tasks: dict[str, TaskBlock]
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
-        unknown = [t for t in self.tune.tasks if t not in self.tasks]
-        if unknown:
-            raise ValueError(f"tune.tasks lists '{unknown[0]}', which is not in tasks")
+        for where, names in [("tune.tasks", self.tune.tasks), *((f"baselines.{b}", t) for b, t in self.baselines.items())]:
+            unknown = [t for t in names if t not in self.tasks]
+            if unknown:
+                raise ValueError(f"{where} lists '{unknown[0]}', which is not in tasks")
+        for name, tasks in self.baselines.items():
+            missing = [t for t in tasks if getattr(self.tasks[t], name) is None]
+            if missing:
+                raise ValueError(f"baselines.{name} lists '{missing[0]}' but tasks.{missing[0]}.{name} is not set")
         return self
 
 
@@ -133,6 +117,10 @@ class TaskPlan:
     finetune: FinetuneConfig
     tuned: dict[str, str]  # phase -> the file DVC tracks for it
     env_version: str
+    dt_model: ModelConfig | None = None
+    dt: PretrainConfig | None = None
+    iql: IQLConfig | None = None
+    sac: SACConfig | None = None
 
     def env_fn(self, root: Path) -> functools.partial:
         """The task's environment as its dataset needs it (D4RL dims, pinned Ant contact dims): picklable."""
@@ -175,8 +163,21 @@ def plan_task(params: Params, name: str) -> TaskPlan:
                 f"regenerate params.yaml with `python -m pipeline.profile {params.profile}"
                 f"{' --use-tuned' if params.use_tuned else ''}`"
             )
+    baselines: dict[str, Any] = {}
+    if block.dt is not None:
+        extra = set(block.dt) - {"model", "train"}
+        if extra:
+            raise ConfigError(f"{where}.dt: unknown key '{sorted(extra)[0]}' (dt has model and train)")
+        baselines["dt_model"] = validate(ModelConfig, {"state_dim": spec.obs_dim, "act_dim": spec.act_dim,
+                                                       "reward_scale": spec.reward_scale, **block.dt.get("model", {}),
+                                                       "stochastic": False}, f"{where}.dt.model")
+        baselines["dt"] = validate(PretrainConfig, block.dt.get("train", {}), f"{where}.dt.train")
+    online = {"online_samples": phases["finetune"].online_samples, "eval_episodes": phases["finetune"].eval_episodes}
+    for key, cls in (("iql", IQLConfig), ("sac", SACConfig)):
+        if getattr(block, key) is not None:  # the same online budget and evaluation episodes as ODT's, unless set
+            baselines[key] = validate(cls, {**online, **getattr(block, key)}, f"{where}.{key}")
     return TaskPlan(name=name, fetch=block.fetch, model=model, tuned=dict(block.tuned), env_version=params.env_version,
-                    **phases)
+                    **phases, **baselines)
 
 
 def phase_config(plan: TaskPlan, params: Params, phase: str, overrides: dict[str, Any] | None = None, *,

@@ -16,12 +16,14 @@ def dataset_meta(root: Path, task: str) -> Path:
     return dataset(root, task).with_suffix(".json")
 
 
-def pretrain_dir(root: Path, task: str) -> Path:
-    return Path(root) / "runs" / task / "pretrain"
+def run_dir(root: Path, task: str, stage: str) -> Path:
+    """runs/<task>/<stage>/: a stage's published results, seed_<k>/ for each seed (stage: pretrain, finetune, dt, ...)."""
+    return Path(root) / "runs" / task / stage
 
 
-def finetune_dir(root: Path, task: str) -> Path:
-    return Path(root) / "runs" / task / "finetune"
+def pretrained(root: Path, task: str, seed: int) -> Path:
+    """The checkpoint pretraining seed k leaves, which finetuning seed k starts from."""
+    return run_dir(root, task, "pretrain") / f"seed_{seed}" / "checkpoint.pt"
 
 
 def work_root(root: Path, task: str) -> Path:

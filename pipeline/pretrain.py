@@ -1,89 +1,84 @@
-"""DVC stage `pretrain@<task>`: offline pretraining of ODT on the task's dataset (seed 0).
+"""DVC stage `pretrain@<task>`: offline pretraining of ODT on the task's dataset, one run per seed.
 
     python -m pipeline.pretrain --task hopper-medium-v2
 
-Reads data/<task>/<task>.hdf5 and the task's `model` and `pretrain` blocks; runs
-odt.loops.pretrain in a work directory keyed by everything that determines the result;
-writes runs/<task>/pretrain/checkpoint.pt (the full trainer state finetuning starts from)
-and runs/<task>/pretrain/eval.json (the pretrained policy's normalized return). Logs to
-MLflow experiment `odt/<task>`, run `pretrain`. Killed and rerun, it resumes.
+Seed k pretrains with seed k (odt.loops.pretrain) and finetuning seed k continues from its
+checkpoint: a seed is a whole run, as in the paper, so every column's spread is over
+independent runs. Seeds run in parallel like finetuning's (pipeline/seeds.py). Writes
+runs/<task>/pretrain/seed_<k>/{checkpoint.pt, curve.csv (evaluations during pretraining),
+result.json} and the summary runs/<task>/pretrain.json. MLflow: a parent run `pretrain` in
+experiment `odt/<task>` with a child run per seed. Killed and rerun, it resumes.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
 
-from odt.atomic import copy_file, write_json
-from pipeline import caching, paths
+from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
+FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/pretrain/seed_<k>/
+SUMMARY = ("offline_normalized", "offline_normalized_std", "best_normalized")
+CURVE = ["updates", *curves.SCORES]
 
-def pretrain(plan: TaskPlan, params: Params, cfg, work: Path, *, root: Path, logger=None) -> dict[str, Any]:
-    """Pretrain (or resume) in `work`; leaves checkpoint.pt, policy.pt and result.json (written last) there."""
+
+def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, Any], seed: int, seed_dir: Path, logger,
+                  *, root: Path) -> dict[str, Any]:
+    """Pretrain `model` with `cfg` and `seed` (or resume) in `seed_dir`; leaves checkpoint.pt and curve.csv there.
+
+    The result: the final evaluation (the offline score) and the best evaluation on the way.
+    """
     from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
-    from odt.loops import pretrain as pretrain_loop  # noqa: PLC0415
+    from odt.loops import pretrain  # noqa: PLC0415
 
     data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)
-    run = pretrain_loop(data, plan.model, cfg, plan.env_fn(root), task=plan.name, seed=0, device=params.device,
-                        logger=logger, checkpoint=work / "checkpoint.pt")
-    run.trainer.save_policy(work / "policy.pt", cfg)
-    final = run.final
-    return {"task": plan.name, "normalized_mean": final["eval_normalized"], "normalized_std": final["eval_normalized_std"],
-              "return_mean": final["eval_return"], "return_std": final["eval_return_std"], "episodes": cfg.eval_episodes,
-              "g_eval": cfg.g_eval, "eval_context_len": cfg.eval_context_len, "updates": run.trainer.num_updates,
-              "wall_time": run.wall_time}
+    run = pretrain(data, model, cfg, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
+                   checkpoint=seed_dir / "checkpoint.pt", progress=False)
+    curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
+    final, best = run.final, max(run.evaluations, key=lambda e: e["eval_normalized"])
+    print(f"{plan.name} seed {seed}: {final['eval_normalized']:.2f} after {run.trainer.num_updates} updates "
+          f"(best {best['eval_normalized']:.2f} at {best['updates']}; {run.wall_time:.0f} s)", flush=True)
+    return {"task": plan.name, "seed": seed, "offline_normalized": final["eval_normalized"],
+            "offline_normalized_std": final["eval_normalized_std"], "offline_return": final["eval_return"],
+            "best_normalized": best["eval_normalized"], "best_updates": best["updates"],
+            "num_updates": run.trainer.num_updates, "episodes": cfg.eval_episodes, "g_eval": cfg.g_eval,
+            "eval_context_len": cfg.eval_context_len, "wall_time": run.wall_time, **extra}
 
 
-def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True) -> dict[str, Any]:
-    root = Path(root).resolve()
+def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Path, track: bool, hparams: dict,
+              **parallel) -> dict[str, Any]:
+    """Every seed of a pretraining-shaped stage (ODT's pretraining, or the DT baseline) and its summary."""
     data = paths.dataset(root, plan.name)
     if not data.is_file():
         raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
-    cfg, hparams = phase_config(plan, params, "pretrain", root=root)
-    key = caching.pretrain_key(plan, params, cfg, data)
-    work = paths.work_root(root, plan.name) / f"pretrain-{caching.fingerprint(key)}"
-    out = paths.pretrain_dir(root, plan.name)
-    tracker = run_id = logger = None
-    finished = False
-    if track:
-        from pipeline.tracking import RunLogger, Tracker, flat, stage_tags  # noqa: PLC0415
+    key = caching.pretrain_key(name, plan, params, model, cfg, data)
+    out = paths.run_dir(root, plan.name, name)
+    job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root)
+    results, how = seeds.run(name, plan, params, root=root, key=key, job=job, out=out, files=FILES, summary_keys=SUMMARY,
+                             track=track, tags={"hparams_source": hparams["source"]}, **parallel)
+    best = [r["best_normalized"] for r in results]
+    summary = {"task": plan.name, **curves.summarize(results), "best_mean": sum(best) / len(best),
+               "updates": cfg.pretrain_updates, "hparams": hparams}
+    seeds.finish(how, summary, out.parent / f"{name}.json", step=cfg.pretrain_updates)
+    return {"summary": summary, "results": results, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
 
-        tracker = Tracker(root)
-        tags = stage_tags(root, params.profile, f"pretrain@{plan.name}", task=plan.name, seed=0,
-                          hparams_source=hparams["source"])
-        run_id, finished = tracker.open(tracker.experiment(f"odt/{plan.name}"), f"pretrain:{caching.fingerprint(key)}",
-                                        "pretrain", tags, flat({k: v for k, v in key.items() if k != "stage"}))
-        logger = None if finished else RunLogger(tracker.uri, run_id)
-    try:
-        result = caching.done(work / "result.json")
-        if result is None:
-            result = {**pretrain(plan, params, cfg, work, root=root, logger=logger), "hparams": hparams}
-            write_json(work / "result.json", result)  # the done marker: written last
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(run_id, "FAILED")
-        raise
-    copy_file(work / "checkpoint.pt", out / "checkpoint.pt")
-    write_json(out / "eval.json", result)
-    if tracker is not None and not finished:
-        tracker.log_metrics(run_id, {f"pretrained_{k}": result[k] for k in
-                                     ("normalized_mean", "normalized_std", "return_mean", "return_std")},
-                            step=result["updates"])
-        tracker.log_artifacts(run_id, [work / "policy.pt", out / "eval.json"])
-        tracker.log_artifacts(run_id, [paths.dataset_meta(root, plan.name)], "dataset")
-        tracker.finish(run_id)
-    return {**result, "work_dir": str(work)}
+
+def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+    root = Path(root).resolve()
+    cfg, hparams = phase_config(plan, params, "pretrain", root=root)
+    return run_seeds("pretrain", plan, params, plan.model, cfg, root=root, track=track, hparams=hparams, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
     def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        result = run_stage(plan, params, **kwargs)
-        return {k: result[k] for k in ("task", "normalized_mean", "normalized_std", "updates")}
+        out = run_stage(plan, params, **kwargs)
+        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "offline_std", "best_mean")}
 
-    return stage_main(argv, doc=__doc__, stage="pretrain", run=run,
+    return stage_main(argv, doc=__doc__, stage="pretrain", run=run, failed=(seeds.SeedsFailed,),
                       root_help="repository root (data/, runs/ and mlflow.db live there)")
 
 

@@ -22,9 +22,9 @@ from pydantic import Field, ValidationError
 from odt.atomic import write_text
 from odt.config import ConfigError, format_validation_error
 from pipeline.cli import fail
-from pipeline.params import (PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, TuneParams, _Strict, parse_params,
+from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
                              plan_task, read_yaml)
-from pipeline.tuned import tuned_path
+from pipeline.tuning import TuneParams, tuned_path
 from pipeline.paths import ROOT
 
 HEADER = """\
@@ -45,6 +45,7 @@ class Profile(_Strict):
     use_tuned: bool = False
     parallel: ParallelParams = ParallelParams()
     tune: TuneParams = TuneParams()
+    baselines: list[Literal["dt", "iql", "sac"]] = Field(default_factory=list)  # run beside ODT, on the same data
     tasks: list[str]
     defaults: dict[str, dict[str, Any]]
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
@@ -73,6 +74,12 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
     tasks = {}
     for task in prof.tasks:
         block = _merge(prof.defaults, prof.overrides.get(task, {}))
+        for baseline in BASELINES:
+            if baseline not in prof.baselines:
+                block.pop(baseline, None)
+            elif baseline not in block:
+                raise ConfigError(f"{where}: baselines lists {baseline} but neither defaults nor overrides.{task} "
+                                  f"has a {baseline} block")
         try:
             block["fetch"] = FetchParams(**block.get("fetch", {})).as_args()
         except ValidationError as err:
@@ -80,11 +87,27 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
         block["tuned"] = {phase: tuned_path(task, phase) if tuned else UNTUNED for phase in PHASES}
         tasks[task] = block
     out = {"profile": name, **prof.model_dump(include={"seeds", "device", "env_version"}), "use_tuned": tuned,
-           **prof.model_dump(include={"parallel", "tune"}), "tasks": tasks}
+           **prof.model_dump(include={"parallel", "tune"}), "baselines": {b: baseline_tasks(b, prof.tasks) for b in prof.baselines},
+           "tasks": tasks}
     params = parse_params(out, where)
     for task in params.tasks:
         plan_task(params, task)
     return out
+
+
+def baseline_tasks(name: str, tasks: list[str]) -> list[str]:
+    """The tasks a baseline runs on: all of them, but SAC (from scratch, the data unused) once per environment,
+    on its medium task where listed, and not on AntMaze (the paper has no SAC there)."""
+    if name != "sac":
+        return list(tasks)
+    from odt.tasks import get_task  # noqa: PLC0415
+
+    by_env: dict[str, str] = {}
+    for task in sorted(tasks, key=lambda t: get_task(t).dataset != "medium"):
+        spec = get_task(task)
+        if not spec.is_antmaze:
+            by_env.setdefault(spec.env, task)
+    return [t for t in tasks if t in by_env.values()]
 
 
 def profiles(root: Path = ROOT) -> list[str]:

@@ -58,16 +58,17 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], su
     tracker.log_metrics(run_id, {k: result[k] for k in summary_keys}, step=result.get("num_updates", 0))
     artifacts = [seed_dir / name for name in files]
     if (seed_dir / "curve.csv").is_file():
-        artifacts.append(curves.plot(seed_dir / "curve.png", [
-            {"online_samples": r["online_samples"], "mean": r["eval_normalized"], "std": r["eval_normalized_std"],
-             "seeds": 1} for r in curves.read_csv(seed_dir / "curve.csv")],
-            title=f"{result['task']} seed {result['seed']} (std over eval episodes)"))
+        rows = curves.read_csv(seed_dir / "curve.csv")
+        x = "online_samples" if "online_samples" in rows[0] else "updates"
+        curve = [{x: r[x], "mean": r["eval_normalized"], "std": r["eval_normalized_std"], "seeds": 1} for r in rows]
+        artifacts.append(curves.plot(seed_dir / "curve.png", {f"seed {result['seed']} (band: std over episodes)": curve},
+                                     title=result["task"], x=x, xlabel=x.replace("_", " ")))
     tracker.log_artifacts(run_id, artifacts)
     tracker.finish(run_id)
 
 
 def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, out: Path, files: tuple[str, ...],
-        summary_keys: tuple[str, ...], track: bool = True, hparams_source: str = "params", backend: str | None = None,
+        summary_keys: tuple[str, ...], track: bool = True, tags: dict[str, Any] | None = None, backend: str | None = None,
         n_jobs: int | None = None, address: str | None = None,
         threads_per_worker: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed end in `out/seed_<k>/`.
@@ -94,8 +95,8 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
 
         tracker = Tracker(root)
         exp = tracker.experiment(f"odt/{plan.name}")
-        tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, hparams_source=hparams_source,
-                          backend=backend, workers=workers, threads_per_worker=threads)
+        tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, backend=backend, workers=workers,
+                          threads_per_worker=threads, algorithm=key.get("algorithm", name), **(tags or {}))
         run_params = flat({k: v for k, v in key.items() if k != "stage"})
         parent, _ = tracker.open(exp, f"{name}:{fp}", name, tags, run_params)
         for s in seeds:
@@ -131,3 +132,13 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
     results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
     return results, {"work_dir": work, "tracker": tracker, "parent": parent,
                      "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
+
+
+def finish(how: dict[str, Any], summary: dict[str, Any], out: Path, *, step: int = 0) -> None:
+    """The stage's summary over seeds into `out` (its DVC metrics file) and its MLflow parent run, then that run ends."""
+    write_json(out, summary)
+    tracker, parent = how["tracker"], how["parent"]
+    if tracker is not None and tracker.status(parent) != "FINISHED":
+        tracker.log_metrics(parent, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=step)
+        tracker.log_artifacts(parent, [out])
+        tracker.finish(parent)

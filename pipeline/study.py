@@ -17,8 +17,7 @@ from typing import Any
 
 from odt.config import ConfigError
 from odt.datasets.download import file_lock
-from pipeline.params import TuneParams
-from pipeline.tuned import TUNABLE
+from pipeline.tuning import TUNABLE, TuneParams
 
 DIRECTION = "maximize"
 HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial without a heartbeat for GRACE_S is marked FAIL

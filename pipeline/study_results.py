@@ -7,7 +7,7 @@ from pathlib import Path
 
 from odt.atomic import copy_file
 from pipeline.params import Params, TaskPlan
-from pipeline.tuned import TUNABLE
+from pipeline.tuning import TUNABLE
 from pipeline.study import DIRECTION, first_line, search_space
 
 

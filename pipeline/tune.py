@@ -6,7 +6,7 @@
 The paper tuned both per task (Appendix B, Table C.4). A trial runs one phase's loop (odt.loops)
 with (learning_rate, weight_decay) drawn log-uniformly from params.yaml `tune`, on the trial's
 budget; the objective is the final normalized return. Finetune trials start from
-runs/<task>/pretrain/checkpoint.pt, seed 0. Evaluations go to the pruner, which stops poor
+pretraining seed 0's checkpoint. Evaluations go to the pruner, which stops poor
 trials early. Storage, sampler, pruner: pipeline/study.py. MLflow: a parent run per study, a
 child run per trial. Writes reports/tune/<task>-<phase>.json (what `use_tuned: true` reads).
 """
@@ -23,9 +23,9 @@ from typing import Any, Mapping
 from odt.atomic import write_json
 from odt.config import ConfigError
 from pipeline import cli, paths, study
-from pipeline.params import Params, TaskPlan, TuneParams, phase_config
-from pipeline.tuned import tuned_path
+from pipeline.params import Params, TaskPlan, phase_config
 from pipeline.study_results import NoCompleteTrial, summarize, write_plots
+from pipeline.tuning import TuneParams, tuned_path
 
 
 class TrialLogger:
@@ -87,15 +87,15 @@ class Objective:
 
         cfg, _ = phase_config(self.plan, self.params, self.phase, {**hp, **self.budget}, root=self.root)
         env_fn, device = self.plan.env_fn(self.root), self.params.device
-        if self.phase == "pretrain":
-            if self._data is None:
-                from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
+        if self._data is None:
+            from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
 
-                self._data = load_d4rl_hdf5(paths.dataset(self.root, self.plan.name), task=self.plan.name)
+            self._data = load_d4rl_hdf5(paths.dataset(self.root, self.plan.name), task=self.plan.name)
+        if self.phase == "pretrain":
             run = pretrain(self._data, self.plan.model, cfg, env_fn, task=self.plan.name, device=device, logger=logger,
                            progress=False)
         else:
-            run = finetune(paths.pretrain_dir(self.root, self.plan.name) / "checkpoint.pt", cfg, env_fn, seed=0,
+            run = finetune(paths.pretrained(self.root, self.plan.name, 0), cfg, env_fn, data=self._data, seed=0,
                            offline=self.plan.pretrain, device=device, logger=logger, progress=False)
         return float(run.final["eval_normalized"])
 
@@ -171,7 +171,7 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, journal, plots
     tune = params.tune
     budget, eval_every = trial_budget(plan, tune, phase)
-    needed = paths.dataset(root, plan.name) if phase == "pretrain" else paths.pretrain_dir(root, plan.name) / "checkpoint.pt"
+    needed = paths.dataset(root, plan.name) if phase == "pretrain" else paths.pretrained(root, plan.name, 0)
     if not needed.is_file():
         what, stage = ("dataset", "fetch") if phase == "pretrain" else ("pretrained checkpoint", "pretrain")
         raise study.StudyError(f"{what} {needed} does not exist; run `dvc repro {stage}@{plan.name}` first")

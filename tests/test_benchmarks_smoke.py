@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import e2e, gpu, memory, mlflow_logging, rollout, run, sampler, update
+from benchmarks import e2e, gpu, memory, mlflow_logging, online, rollout, run, sampler, update
 from benchmarks.common import Result, synthetic_trajectories
 from odt.replay import TrajectoryReplayBuffer
 
@@ -75,6 +75,13 @@ def test_logging_benchmark():
     r = mlflow_logging.run(repeats=1, quick=True)
     check(r, "logging", 1)
     assert r.rows[0]["tracking_calls"] >= 5 and r.rows[0]["rows"] >= 1
+
+
+def test_online_benchmark_measures_every_algorithm():
+    r = online.run(samples=200, repeats=1)
+    check(r, "online", 2)
+    assert {row["algorithm"] for row in r.rows} == {"ODT", "IQL", "SAC"}
+    assert all(row["env steps/s (median)"] > 0 for row in r.rows)
 
 
 def test_gpu_benchmark_says_when_there_is_no_gpu():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from odt import FinetuneConfig, MemoryLogger, ModelConfig, PretrainConfig, Trajectory, finetune, pretrain
+from odt import FinetuneConfig, MemoryLogger, ModelConfig, ODTTrainer, PretrainConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
 from odt.envs import EnvMismatchError, vector_env
 
@@ -50,8 +50,8 @@ def hopper_dataset(episodes: int = 6, steps: int = 40) -> list[Trajectory]:
 
 
 def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
-    logger = MemoryLogger()
-    run = pretrain(hopper_dataset(), MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", logger=logger,
+    logger, data = MemoryLogger(), hopper_dataset()
+    run = pretrain(data, MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", logger=logger,
                    checkpoint=tmp_path / "pre.pt", progress=False)
     assert run.trainer.num_updates == 40
     assert [step for step, _ in logger.rows] == [10, 20, 30, 40]
@@ -64,11 +64,14 @@ def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
     assert {"loss", "nll", "entropy", "temperature", "grad_norm", "learning_rate", "wall_time"} <= logger.rows[0][1].keys()
     state = load_checkpoint(tmp_path / "pre.pt")
     assert state["trainer"]["num_updates"] == 40 and state["evaluations"] == run.evaluations
+    assert "buffer" not in state["trainer"]  # the offline data is an input: not copied into every checkpoint
     # a finished run called again computes nothing and returns the same evaluations
     again = MemoryLogger()
-    rerun = pretrain([], MODEL, PRETRAIN, hopper, device="cpu", logger=again, checkpoint=tmp_path / "pre.pt",
+    rerun = pretrain(data, MODEL, PRETRAIN, hopper, device="cpu", logger=again, checkpoint=tmp_path / "pre.pt",
                      progress=False)
     assert rerun.evaluations == run.evaluations and again.rows == [] and rerun.trainer.num_updates == 40
+    with pytest.raises(ValueError, match="pass data="):  # the checkpoint alone cannot rebuild the buffer
+        ODTTrainer.load(tmp_path / "pre.pt")
 
 
 def test_finetuning_explores_fills_the_buffer_fifo_and_scores_on_its_cadence():

@@ -1,7 +1,7 @@
 """The product end to end: real `dvc repro` of the tiny profile in a copy of the repository.
 
-fetch -> pretrain -> finetune (10 seeds) -> report for two tasks, a real MLflow sqlite
-store; then a second `dvc repro` that must do nothing, and a changed finetuning
+fetch -> pretrain -> finetune, dt, iql, sac (10 seeds each) -> report for two tasks, a real
+MLflow sqlite store; then a second `dvc repro` that must do nothing, and a changed finetuning
 parameter that must re-run that task's finetuning and the report only.
 """
 from __future__ import annotations
@@ -85,46 +85,62 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
     commit = sh("git", "rev-parse", "HEAD", cwd=repo, env=env).strip()
 
     out = sh(dvc, "repro", cwd=repo, env=env)
-    assert stages_run(out) == {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune") for t in TASKS} | {"report"}
+    per_task = {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune", "dt", "iql") for t in TASKS}
+    assert stages_run(out) == per_task | {f"sac@{TASKS[0]}", "report"}  # SAC once per environment
     assert (repo / "dvc.lock").is_file()
 
-    # the table: one row per task, every number over 10 seeds, the paper's numbers beside ours
+    # the table: all eight columns of Table 5.1 for every task, each over 10 seeds, the paper's beside ours
     table = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
     assert list(table.index) == TASKS and (table["seeds"] == SEEDS).all()
     paper = pd.read_csv(ROOT / "pipeline" / "data" / "paper_table_5_1.csv").set_index("dataset")
+    stage_of = {"dt": ("dt", "offline"), "odt_offline": ("finetune", "offline"), "odt_online": ("finetune", "online"),
+                "iql_offline": ("iql", "offline"), "iql_online": ("iql", "online"), "sac_online": ("sac", "online")}
+    pretrained = {}
     for task in TASKS:
-        seeds = sorted((repo / "runs" / task / "finetune").glob("seed_*/result.json"))
-        assert len(seeds) == SEEDS
-        results = [json.loads(p.read_text()) for p in seeds]
-        assert sorted(r["seed"] for r in results) == list(range(SEEDS))
-        off = np.array([r["offline_normalized"] for r in results])
-        on = np.array([r["online_normalized"] for r in results])
-        row = table.loc[task]
-        assert row["offline_mean"] == pytest.approx(off.mean(), abs=1e-4)
-        assert row["offline_std"] == pytest.approx(off.std(), abs=1e-4)
-        assert row["online_mean"] == pytest.approx(on.mean(), abs=1e-4)
-        assert row["delta"] == pytest.approx(on.mean() - off.mean(), abs=1e-4)
-        assert on.std() > 0  # ten different seeds, not one run ten times
-        assert all(r["online_samples"] >= 150 for r in results)  # the tiny profile's budget
-        ref = paper.loc[task.removesuffix("-v2")]
-        assert (row["paper_offline"], row["paper_online"], row["paper_delta"]) == pytest.approx(
-            (ref["odt_offline"], ref["odt_online"], ref["delta_odt"]))
-        assert is_png(repo / "reports" / "plots" / f"{task}.png")
+        row, ref = table.loc[task], paper.loc[task.removesuffix("-v2")]
+        for column, (stage, phase) in stage_of.items():
+            source = TASKS[0] if stage == "sac" else task  # SAC ran on the medium task of the environment
+            results = [json.loads(p.read_text()) for p in sorted((repo / "runs" / source / stage).glob("seed_*/result.json"))]
+            assert sorted(r["seed"] for r in results) == list(range(SEEDS)), (task, stage)
+            values = np.array([r[f"{phase}_normalized"] for r in results])
+            assert row[f"{column}_mean"] == pytest.approx(values.mean(), abs=1e-4), (task, column)
+            assert row[f"{column}_std"] == pytest.approx(values.std(), abs=1e-4), (task, column)
+            assert values.std() > 0, (task, column)  # ten independent runs, not one run ten times
+            assert row[f"paper_{column}"] == pytest.approx(ref[column], nan_ok=True), (task, column)  # NaN: none
+            if stage == "finetune" and phase == "offline":
+                pretrained[task] = values
+        for column, (on, off) in {"odt_delta": ("odt_online", "odt_offline"), "iql_delta": ("iql_online", "iql_offline")}.items():
+            assert row[f"{column}_mean"] == pytest.approx(row[f"{on}_mean"] - row[f"{off}_mean"], abs=2e-4)  # rounded
+        # seed k finetunes pretraining seed k's checkpoint: its offline score is that run's final evaluation
+        pre = [json.loads((repo / "runs" / task / "pretrain" / f"seed_{k}" / "result.json").read_text()) for k in range(SEEDS)]
+        assert [p["offline_normalized"] for p in pre] == pytest.approx(list(pretrained[task]))
+        finetuned = [json.loads((repo / "runs" / task / "finetune" / f"seed_{k}" / "result.json").read_text())
+                     for k in range(SEEDS)]
+        assert all(r["online_samples"] >= 150 for r in finetuned)  # the tiny profile's budget
+        for png in (f"{task}.png", f"{task}-pretrain.png"):
+            assert is_png(repo / "reports" / "plots" / png)
         curve = pd.read_csv(repo / "reports" / "curves" / f"{task}.csv")
         assert curve["online_samples"].iloc[0] == 0 and curve["online_samples"].iloc[-1] == 150
-        assert (curve["seeds"] == SEEDS).all() and np.allclose(curve["upper"] - curve["lower"], 2 * curve["std"])
+        assert curve[["odt", "iql", "sac"]].notna().all().all()  # every algorithm's curve, SAC's shared by the env
+        assert np.allclose(curve["odt_upper"] - curve["odt_lower"], 2 * (curve["odt_upper"] - curve["odt"]))
+        pre_curve = pd.read_csv(repo / "reports" / "pretrain_curves" / f"{task}.csv")
+        assert list(pre_curve["updates"]) == [20] and pre_curve["seed_9"].notna().all()  # tiny: evaluated at the end only
     md = (repo / "reports" / "results.md").read_text()
-    assert all(f"| {t} | {SEEDS} |" in md for t in TASKS)
+    assert all(f"| {t} | 150 |" in md for t in TASKS) and "δ ODT" in md and "SAC online" in md
 
     metrics = json.loads(sh(dvc, "metrics", "show", "--json", cwd=repo, env=env))
     shown = metrics[""]["data"]["reports/metrics.json"]["data"]
-    assert set(shown) == set(TASKS) and shown[TASKS[0]]["paper_online"] == 97.54
-    plots = json.loads(sh(dvc, "plots", "show", "--json", cwd=repo, env=env))["data"]
+    assert set(shown) == set(TASKS) and shown[TASKS[0]]["paper_odt_online"] == 97.54
+    assert {f"{c}_mean" for c in stage_of} | {"odt_delta_mean", "iql_delta_mean"} <= set(shown[TASKS[0]])
+    plots = json.loads(sh(dvc, "plots", "show", "--json", cwd=repo, env=env))
+    assert not plots.get("errors"), plots.get("errors")
+    plots = plots["data"]
     assert {f"reports/plots/{t}.png" for t in TASKS} <= set(plots)
-    curves = [k for k in plots if k.endswith(f"reports/curves/{TASKS[0]}.csv")]
-    assert curves and plots[curves[0]][0]["type"] == "vega"
+    for name in ("curves", "pretrain_curves"):
+        found = [k for k in plots if k.endswith(f"reports/{name}/{TASKS[0]}.csv")]
+        assert found and plots[found[0]][0]["type"] == "vega"
 
-    # MLflow: one experiment per task, a run per stage, a child run per seed, tagged and with metrics
+    # MLflow: one experiment per task, a parent run per stage, a child run per seed, tagged and with metrics
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -135,29 +151,34 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
         return client.search_runs([exp.experiment_id], max_results=1000)
 
     for task in TASKS:
-        all_runs = runs(f"odt/{task}")
         by_stage = {}
-        for r in all_runs:
+        for r in runs(f"odt/{task}"):
             by_stage.setdefault(r.data.tags["dvc_stage"], []).append(r)
             assert r.info.status == "FINISHED"
             assert (r.data.tags["profile"], r.data.tags["task"], r.data.tags["git_commit"]) == ("tiny", task, commit)
-        assert {k: len(v) for k, v in by_stage.items()} == {f"pretrain@{task}": 1, f"finetune@{task}": 1 + SEEDS}
-        pre = by_stage[f"pretrain@{task}"][0]
-        assert {"loss", "nll", "entropy", "temperature", "pretrained_normalized_mean", "wall_time"} <= set(pre.data.metrics)
+        stages = ["pretrain", "finetune", "dt", "iql"] + (["sac"] if task == TASKS[0] else [])
+        assert {k: len(v) for k, v in by_stage.items()} == {f"{s}@{task}": 1 + SEEDS for s in stages}
+        for stage in stages:
+            parent = [r for r in by_stage[f"{stage}@{task}"] if "seed" not in r.data.tags]
+            children = [r for r in by_stage[f"{stage}@{task}"] if "seed" in r.data.tags]
+            assert len(parent) == 1 and sorted(int(r.data.tags["seed"]) for r in children) == list(range(SEEDS))
+            assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+            assert {r.data.tags["algorithm"] for r in by_stage[f"{stage}@{task}"]} == {stage}
+            for child in children:
+                assert child.data.params["seed"] == child.data.tags["seed"]
+                assert "wall_time" in child.data.metrics
+                assert "result.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        pre = [r for r in by_stage[f"pretrain@{task}"] if "seed" in r.data.tags][0]
+        assert {"loss", "nll", "entropy", "temperature", "offline_normalized"} <= set(pre.data.metrics)
         assert pre.data.params["train.pretrain_updates"] == "20"
-        parent = [r for r in by_stage[f"finetune@{task}"] if "seed" not in r.data.tags]
-        children = [r for r in by_stage[f"finetune@{task}"] if "seed" in r.data.tags]
-        assert len(parent) == 1 and sorted(int(r.data.tags["seed"]) for r in children) == list(range(SEEDS))
-        assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
-        assert parent[0].data.metrics["online_mean"] == pytest.approx(table.loc[task, "online_mean"], abs=1e-4)
-        for child in children:
-            assert {"loss", "entropy", "temperature", "eval_normalized", "online_samples", "wall_time",
+        ft_parent = [r for r in by_stage[f"finetune@{task}"] if "seed" not in r.data.tags][0]
+        assert ft_parent.data.metrics["online_mean"] == pytest.approx(table.loc[task, "odt_online_mean"], abs=1e-4)
+        for child in [r for r in by_stage[f"finetune@{task}"] if "seed" in r.data.tags]:
+            assert {"loss", "entropy", "temperature", "eval_normalized", "online_samples",
                     "offline_normalized", "online_normalized"} <= set(child.data.metrics)
-            assert child.data.params["seed"] == child.data.tags["seed"]
             history = client.get_metric_history(child.info.run_id, "eval_normalized")
             assert len(history) >= 2 and len({m.step for m in history}) == len(history)  # batched, none twice
-            artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-            assert {"curve.csv", "curve.png", "policy.pt", "result.json"} <= artifacts
+            assert {"curve.csv", "curve.png", "policy.pt", "result.json"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
     assert len(runs("odt/report")) == 1
 
     # nothing changed: nothing runs, no new MLflow runs
@@ -177,8 +198,9 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
     assert len(runs(f"odt/{TASKS[1]}")) == counts[TASKS[1]]
     assert len(runs("odt/report")) == 2
     new = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
-    assert new.loc[TASKS[1], "online_mean"] == table.loc[TASKS[1], "online_mean"]
-    assert new.loc[TASKS[0], "offline_mean"] == table.loc[TASKS[0], "offline_mean"]  # same pretrained policy
+    assert new.loc[TASKS[1], "odt_online_mean"] == table.loc[TASKS[1], "odt_online_mean"]
+    assert new.loc[TASKS[0], "odt_offline_mean"] == table.loc[TASKS[0], "odt_offline_mean"]  # same pretrained policies
+    assert new.loc[TASKS[0], "iql_online_mean"] == table.loc[TASKS[0], "iql_online_mean"]  # IQL did not re-run
     # finetuning really re-ran with the new value (returns alone can coincide: a tiny policy
     # whose tanh-bounded actions saturate plays the same episodes either way)
     for p in sorted((repo / "runs" / TASKS[0] / "finetune").glob("seed_*/result.json")):

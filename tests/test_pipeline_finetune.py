@@ -26,13 +26,13 @@ TASK = "hopper-medium-v2"
 SEEDS = 4
 
 
-def stage_inputs(root: Path, src: Path | None = None) -> Path:
-    """params.yaml, dataset and pretrained checkpoint (copied from `src`), no work directory."""
+def stage_inputs(root: Path, src: Path) -> Path:
+    """params.yaml, dataset and every seed's pretrained checkpoint (copied from `src`), no work directory."""
     root.mkdir(parents=True, exist_ok=True)
-    for rel in ("params.yaml", f"data/{TASK}/{TASK}.hdf5", f"runs/{TASK}/pretrain/checkpoint.pt"):
-        if src is not None:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, root / rel)
+    for rel in ("params.yaml", f"data/{TASK}/{TASK}.hdf5"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, root / rel)
+    shutil.copytree(src / "runs" / TASK / "pretrain", root / "runs" / TASK / "pretrain")
     return root
 
 
@@ -40,7 +40,7 @@ def results(root: Path) -> dict[int, dict]:
     """Per-seed result.json and curve.csv as published by the stage, wall time left out."""
     out = {}
     for seed in range(SEEDS):
-        seed_dir = paths.finetune_dir(root, TASK) / f"seed_{seed}"
+        seed_dir = paths.run_dir(root, TASK, "finetune") / f"seed_{seed}"
         result = json.loads((seed_dir / "result.json").read_text())
         result.pop("wall_time")
         out[seed] = {"result": result, "curve": (seed_dir / "curve.csv").read_text()}
@@ -52,7 +52,7 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     root = tmp_path_factory.mktemp("pretrained")
     raw = yaml.safe_load(render("tiny", root=ROOT))
     raw["seeds"] = SEEDS
-    raw["tasks"] = {TASK: raw["tasks"][TASK]}
+    raw["tasks"], raw["baselines"] = {TASK: raw["tasks"][TASK]}, {}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     (root / "data" / TASK).mkdir(parents=True)
     shutil.copy(hopper_random_hdf5, paths.dataset(root, TASK))
@@ -77,7 +77,7 @@ def finetune_work_dir(plan, params, root: Path) -> Path:
     from pipeline.params import phase_config
 
     cfg, _ = phase_config(plan, params, "finetune", root=root)
-    key = finetune_key(plan, params, cfg, paths.pretrain_dir(root, TASK) / "checkpoint.pt", root)
+    key = finetune_key(plan, params, cfg, [paths.pretrained(root, TASK, s) for s in range(SEEDS)], root)
     return paths.work_root(root, TASK) / f"finetune-{fingerprint(key)}"
 
 
@@ -109,7 +109,7 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert done and in_progress, f"no moment with a finished and a running seed:\n{proc.stdout.read().decode()}"
-    assert not paths.finetune_dir(root, TASK).exists()  # published only when every seed is done
+    assert not paths.run_dir(root, TASK, "finetune").exists()  # published only when every seed is done
     left = SEEDS - len(list(work_dir(root).glob("seed_*/result.json")))
     assert left > 0
 
@@ -149,7 +149,7 @@ def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretraine
     assert err.startswith(f"error: finetune {TASK} seed 2 failed: ValueError: checkpoint ")
     assert err.endswith(f"({SEEDS - 1} other seeds finished and are kept for the rerun)")
     assert sorted(p.parent.name for p in work.glob("seed_*/result.json")) == ["seed_0", "seed_1", "seed_3"]
-    assert not paths.finetune_dir(root, TASK).exists()  # nothing half-published
+    assert not paths.run_dir(root, TASK, "finetune").exists()  # nothing half-published
 
     (work / "seed_2" / "state.pt").unlink()
     assert finetune.main(args) == 0

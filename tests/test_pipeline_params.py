@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from odt.config import ConfigError
-from pipeline import parallel, report
+from pipeline import parallel, table
 from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task
-from pipeline.tuned import read_tuned, tuned_path
+from pipeline.tuning import read_tuned, tuned_path
 from pipeline.profile import profiles, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,19 +139,57 @@ def test_use_tuned_reaches_the_optimizer(tmp_path, hopper_random_hdf5):
     assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.00031
 
 
-def test_report_states_the_hyperparameters_used():
+def test_the_table_states_every_column_the_papers_value_and_the_pattern():
     params = parse_params(resolved("tiny"))
-    row = dict(task="hopper-medium-v2", seeds=10, online_samples=150, offline_mean=2.0, offline_std=0.1, online_mean=3.0,
-               online_std=0.2, delta=1.0, paper_offline=66.95, paper_offline_std=3.26, paper_online=97.54,
-               paper_online_std=2.1, paper_delta=30.59, pretrain_lr=0.0042, pretrain_wd=0.00031,
-               pretrain_hparams="tuned (reports/tune/hopper-medium-v2-pretrain.json)", finetune_lr=0.001,
-               finetune_wd=0.0001, finetune_hparams="params")
-    md = report.markdown(pd.DataFrame([row]), params)
-    assert "| hopper-medium-v2 | 10 | 150 | 2.00 ± 0.10 | 3.00 ± 0.20 | +1.00 | 66.95 ± 3.26 | 97.54 ± 2.10 | 30.59 |" in md
+    row = dict(task="hopper-medium-v2", seeds=10, online_samples=150, pretrain_best_mean=2.5, sac_from="hopper-medium-v2",
+               pretrain_lr=0.0042, pretrain_wd=0.00031, pretrain_hparams="tuned (reports/tune/hopper-medium-v2-pretrain.json)",
+               finetune_lr=0.001, finetune_wd=0.0001, finetune_hparams="params")
+    ours = {"dt": (1.5, 0.1), "odt_offline": (2.0, 0.1), "odt_online": (3.0, 0.2), "iql_offline": (2.2, 0.3),
+            "iql_online": (2.4, 0.3), "sac_online": (3.5, 1.0)}
+    paper = table.load_paper().loc["hopper-medium"]
+    for col, (mean, std) in ours.items():
+        row |= {f"{col}_mean": mean, f"{col}_std": std, f"paper_{col}": paper[col], f"paper_{col}_std": paper[f"{col}_std"]}
+    row |= {"odt_delta_mean": 1.0, "iql_delta_mean": 0.2, "paper_odt_delta": 30.59, "paper_iql_delta": 2.98}
+    md = table.markdown(pd.DataFrame([row]), params)
+    assert ("| hopper-medium-v2 | 150 | 1.5 ± 0.1 (61.0 ± 5.1) | 2.0 ± 0.1 (67.0 ± 3.3) | 3.0 ± 0.2 (97.5 ± 2.1) "
+            "| 1.0 (30.6) | 2.2 ± 0.3 (63.8 ± 9.2) | 2.4 ± 0.3 (66.8 ± 4.1) | 0.2 (3.0) | 3.5 ± 1.0 (66.8 ± 27.1) "
+            "| δ ODT > δ IQL; ODT not above SAC |") in md
     assert "| hopper-medium-v2 | 0.0042 | 0.00031 | tuned (reports/tune/hopper-medium-v2-pretrain.json) | 0.001 | 0.0001 | params |" in md
-    paper = report.load_paper()
-    assert report.paper_name("hopper-medium-replay-v2") == "hopper-medium-replay"
-    assert paper.loc["hopper-medium", "odt_online"] == 97.54 and len(paper) == 10
+    assert "| hopper-medium-v2 | 2.00 | 2.50 |" in md  # the final pretrained score beside the best on the way
+    assert table.paper_name("hopper-medium-replay-v2") == "hopper-medium-replay"
+    assert table.load_paper().loc["hopper-medium", "odt_online"] == 97.54 and len(table.load_paper()) == 10
+
+
+def test_sac_runs_once_per_environment_and_every_shipped_profile_runs_every_baseline():
+    from pipeline.profile import baseline_tasks
+
+    tasks = ["hopper-medium-replay-v2", "hopper-medium-v2", "walker2d-medium-replay-v2", "antmaze-umaze-v2"]
+    assert baseline_tasks("sac", tasks) == ["hopper-medium-v2", "walker2d-medium-replay-v2"]  # medium first; no AntMaze
+    assert baseline_tasks("iql", tasks) == tasks
+    for name in ("tiny", "quick", "cpu", "paper"):
+        params = parse_params(resolved(name))
+        assert set(params.baselines) == {"dt", "iql", "sac"}
+        plan = plan_task(params, params.baselines["iql"][0])
+        assert plan.iql.online_samples == plan.finetune.online_samples == plan.sac.online_samples  # the same budget
+        assert plan.iql.eval_episodes == plan.finetune.eval_episodes and not plan.dt_model.stochastic
+
+
+def test_the_paper_profile_has_the_baselines_published_settings():
+    params = parse_params(resolved("paper"))
+    plans = {t: plan_task(params, t) for t in params.tasks}
+    hm = plans["hopper-medium-v2"]
+    m, d = hm.dt_model, hm.dt
+    assert (m.context_len, m.embed_dim, m.n_layer, m.n_head, m.dropout, m.use_positional_embedding) == (20, 128, 3, 1, 0.1, True)
+    assert (d.optimizer, d.learning_rate, d.weight_decay, d.warmup_steps, d.batch_size, d.pretrain_updates) == (
+        "adamw", 1e-4, 1e-4, 10_000, 64, 100_000)
+    i = hm.iql
+    assert (i.expectile, i.temperature, i.discount, i.tau, i.offline_updates, i.hidden_dim) == (0.7, 3.0, 0.99, 0.005, 1_000_000, 256)
+    assert (plans["antmaze-umaze-v2"].iql.expectile, plans["antmaze-umaze-v2"].iql.temperature) == (0.9, 10.0)
+    assert plans["antmaze-umaze-v2"].iql.buffer_size == 2_000_000
+    s = hm.sac
+    assert (s.hidden_dim, s.learning_rate, s.batch_size, s.random_steps, s.online_samples) == (256, 3e-4, 256, 10_000, 200_000)
+    assert params.baselines["sac"] == ["hopper-medium-v2", "walker2d-medium-v2", "halfcheetah-medium-v2", "ant-medium-v2"]
+    assert plans["walker2d-medium-v2"].dt.g_eval == 5000 and plans["antmaze-umaze-v2"].dt_model.max_ep_len == 700
 
 
 def test_workers_times_threads_never_exceeds_cores(monkeypatch):

@@ -177,3 +177,22 @@ def test_a_model_level_check_names_its_fields():
     with pytest.raises(ConfigError) as err:
         validate(ModelConfig, {"state_dim": 3, "act_dim": 2, "embed_dim": 30, "n_head": 4}, "model")
     assert str(err.value) == "invalid model: embed_dim (30) must be divisible by n_head (4)"
+
+
+def test_health_diagnostics_have_the_right_shape_and_range():
+    trainer = tiny_trainer()
+    metrics = trainer.train_updates(5)
+    lo, hi = trainer.model_cfg.log_std_min, trainer.model_cfg.log_std_max
+    assert lo <= metrics["log_std_min"] <= metrics["log_std_mean"] <= hi
+    assert 0.0 <= metrics["actions_at_clamp"] <= 1.0 and metrics["mean_abs"] > 0
+    assert 0 < metrics["trust_ratio_min"] <= metrics["trust_ratio_median"] <= metrics["trust_ratio_max"]
+    assert metrics["grad_norm"] > 0  # the norm before clipping
+    # the clamp fraction counts dataset actions at +-1 (over real tokens): all of them here
+    saturated = [t for t in policy_dataset()]
+    for t in saturated:
+        t.actions[:] = np.sign(t.actions) + (t.actions == 0)
+    assert tiny_trainer(saturated).train_updates(2)["actions_at_clamp"] == pytest.approx(1.0)
+    deterministic = tiny_trainer(stochastic=False).train_updates(2)
+    assert "log_std_mean" not in deterministic and "mean_abs" in deterministic
+    adamw = tiny_trainer(optimizer="adamw").train_updates(2)
+    assert "trust_ratio_min" not in adamw  # AdamW has no trust ratio

@@ -13,7 +13,7 @@ import yaml
 from pipeline import paths, pretrain, tune
 from pipeline.study import open_storage
 from pipeline.params import parse_params, plan_task
-from pipeline.tuned import TunedResult, tuned_path
+from pipeline.tuning import TunedResult, tuned_path
 from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +112,10 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
 
 def test_pretrain_stage_uses_the_tuned_values(tuned):
     root, params, plan, summary = tuned
-    result = pretrain.run_stage(plan, params, root=root, track=False)
+    result = pretrain.run_stage(plan, params.model_copy(update={"seeds": 2}), root=root, track=False)
     best = summary["best_params"]
-    assert result["hparams"] == {**best, "source": f"tuned ({tuned_path(TASK, 'pretrain')})"}
-    written = json.loads((paths.pretrain_dir(root, TASK) / "eval.json").read_text())
+    assert result["summary"]["hparams"] == {**best, "source": f"tuned ({tuned_path(TASK, 'pretrain')})"}
+    written = json.loads((paths.run_dir(root, TASK, "pretrain") / "seed_1" / "result.json").read_text())
     assert written["hparams"]["learning_rate"] == best["learning_rate"] != plan.pretrain.learning_rate
 
 
@@ -140,7 +140,7 @@ def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
 def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_random_hdf5):
     """Finetune phase, sqlite storage: two processes at once, then a third run continuing the study."""
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, startup_trials=10))
-    pretrain.run_stage(plan, params, root=tmp_path, track=False)
+    pretrain.run_stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path, track=False)  # trials start from seed 0
     url = f"sqlite:///{tmp_path}/studies.db"
     workers = [run_cli("--phase", "finetune", "--storage", url, "--n-trials", "2", root=tmp_path, wait=False)
                for _ in range(2)]

@@ -1,0 +1,333 @@
+"""Implicit Q-Learning (Kostrikov, Nair, Levine, ICLR 2022), offline then online: Table 5.1's IQL columns.
+
+IQL never asks Q about actions outside the data: V(s) is fit to an upper expectile of
+Q(s, a) over the dataset's actions, Q to r + gamma V(s'), and the policy by
+advantage-weighted regression, maximising exp(beta (Q - V)) log pi(a|s). Online finetuning
+keeps the offline transitions in the replay buffer, adds every environment step and takes
+one gradient step per environment step (IQL's finetuning protocol, as the ODT paper ran it).
+Rewards as IQL treats them: locomotion scaled by 1000 / (max - min trajectory return) of the
+dataset, AntMaze shifted by -1.
+
+    run = iql(trajectories, IQLConfig(offline_updates=..., online_samples=...), env_fn, task="hopper-medium-v2")
+
+The loop has the shape of odt.loops: log, evaluate and checkpoint inline, resume from `checkpoint`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from odt.checkpoint import load_checkpoint, save_checkpoint
+from odt.config import NonNegInt, PosFloat, PosInt, _Config
+from odt.data import Trajectory
+from odt.envs import check_dims, vector_env
+from odt.evaluation import eval_seeds, run_episodes, score
+from odt.logger import Logger, NullLogger
+from odt.loops import EnvFn, Run
+from odt.trainer import resolve_device
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class IQLConfig(_Config):
+    """IQL's published settings for locomotion (AntMaze: expectile 0.9, temperature 10)."""
+
+    hidden_dim: PosInt = 256
+    n_hidden: PosInt = 2
+    learning_rate: PosFloat = 3e-4  # Adam, all three networks; the actor's decays to 0 on a cosine
+    batch_size: PosInt = 256
+    discount: Annotated[float, Field(gt=0, le=1)] = 0.99
+    tau: Annotated[float, Field(gt=0, le=1)] = 0.005  # target-network update
+    expectile: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    temperature: PosFloat = 3.0  # beta, the inverse temperature of the advantage weights
+    max_weight: PosFloat = 100.0  # advantage weights are clipped here
+    offline_updates: NonNegInt = 1_000_000
+    online_samples: NonNegInt = 200_000  # environment steps online, one update each
+    buffer_size: PosInt = 2_000_000  # transitions: the offline data, then FIFO
+    log_every: PosInt = 1000  # updates between two logged rows
+    checkpoint_every: PosInt = 10_000  # updates between two checkpoints (online: at the next episode's end)
+    eval_every: PosInt = 10_000  # online environment steps between two evaluations
+    eval_episodes: PosInt = 10
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """|tau - 1(diff < 0)| diff^2: for tau > 0.5 errors above the fit cost more, so V rises towards max_a Q."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff.pow(2)
+
+
+def advantage_weights(q: torch.Tensor, v: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    return torch.exp(temperature * (q - v)).clamp(max=max_weight)
+
+
+def mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
+    dims = [n_in] + [hidden] * layers
+    body = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    return nn.Sequential(*body, nn.Linear(dims[-1], n_out))
+
+
+class IQLNetworks(nn.Module):
+    """Twin Q and their targets, V, and a Gaussian policy with tanh mean and state-independent std (IQL's)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig):
+        super().__init__()
+        h, n = cfg.hidden_dim, cfg.n_hidden
+        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, h, n), mlp(obs_dim + act_dim, 1, h, n)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1).requires_grad_(False), copy.deepcopy(self.q2).requires_grad_(False)
+        self.value = mlp(obs_dim, 1, h, n)
+        self.actor = mlp(obs_dim, act_dim, h, n)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def q(self, obs: torch.Tensor, act: torch.Tensor, target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, act], -1)
+        q1, q2 = (self.q1_target, self.q2_target) if target else (self.q1, self.q2)
+        return q1(x).squeeze(-1), q2(x).squeeze(-1)
+
+    def policy(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        return torch.distributions.Normal(torch.tanh(self.actor(obs)), std)
+
+
+class IQL:
+    """The learner: networks, three Adam optimisers (the actor's on a cosine schedule), one `update` per batch."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, *, total_updates: int, device: str = "cpu"):
+        self.cfg, self.device = cfg, resolve_device(device)
+        self.nets = IQLNetworks(obs_dim, act_dim, cfg).to(self.device)
+        n = self.nets
+        self.critic_opt = torch.optim.Adam([*n.q1.parameters(), *n.q2.parameters()], lr=cfg.learning_rate)
+        self.value_opt = torch.optim.Adam(n.value.parameters(), lr=cfg.learning_rate)
+        self.actor_opt = torch.optim.Adam([*n.actor.parameters(), n.log_std], lr=cfg.learning_rate)
+        total = max(1, total_updates)
+        self.actor_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.actor_opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+        self.updates = 0
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Value, then policy, then Q, then the targets (the order of IQL's reference code)."""
+        cfg, n = self.cfg, self.nets
+        obs, act, rew, next_obs, done = (torch.as_tensor(batch[k], device=self.device)
+                                         for k in ("obs", "act", "rew", "next_obs", "done"))
+        with torch.no_grad():
+            q_target = torch.min(*n.q(obs, act, target=True))
+        v = n.value(obs).squeeze(-1)
+        value_loss = expectile_loss(q_target - v, cfg.expectile).mean()
+        self.value_opt.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_opt.step()
+
+        with torch.no_grad():
+            weights = advantage_weights(q_target, n.value(obs).squeeze(-1), cfg.temperature, cfg.max_weight)
+        actor_loss = -(weights * n.policy(obs).log_prob(act).sum(-1)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.actor_schedule.step()
+
+        with torch.no_grad():
+            backup = rew + cfg.discount * (1.0 - done) * n.value(next_obs).squeeze(-1)
+        q1, q2 = n.q(obs, act)
+        critic_loss = ((q1 - backup).pow(2) + (q2 - backup).pow(2)).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        with torch.no_grad():
+            for net, target in ((n.q1, n.q1_target), (n.q2, n.q2_target)):
+                torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), cfg.tau)
+        self.updates += 1
+        return {"value_loss": value_loss.detach(), "actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
+                "q": q_target.mean(), "v": v.detach().mean(), "weight": weights.mean()}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, *, deterministic: bool) -> np.ndarray:
+        dist = self.nets.policy(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        action = dist.mean if deterministic else dist.sample()
+        return action.clamp(-1.0, 1.0).cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nets": self.nets.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "value_opt": self.value_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "actor_schedule": self.actor_schedule.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nets.load_state_dict(state["nets"])
+        for name in ("critic_opt", "value_opt", "actor_opt", "actor_schedule"):
+            getattr(self, name).load_state_dict(state[name])
+        self.updates = int(state["updates"])
+
+
+class TransitionBuffer:
+    """(s, a, r, s', done) in flat arrays: the offline data first, then FIFO over `capacity`; uniform batches."""
+
+    KEYS = ("obs", "act", "rew", "next_obs", "done")
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity, self.size, self.next = int(capacity), 0, 0
+        dims = {"obs": obs_dim, "act": act_dim, "next_obs": obs_dim}
+        self.arrays = {k: np.zeros((self.capacity, *((dims[k],) if k in dims else ())), np.float32) for k in self.KEYS}
+
+    def add(self, **transition: np.ndarray) -> None:
+        """Rows of (obs, act, rew, next_obs, done), as many as given."""
+        n = len(transition["rew"])
+        rows = (self.next + np.arange(n)) % self.capacity
+        for k in self.KEYS:
+            self.arrays[k][rows] = transition[k]
+        self.next, self.size = int((self.next + n) % self.capacity), min(self.capacity, self.size + n)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        rows = rng.integers(0, self.size, size=batch_size)
+        return {k: v[rows] for k, v in self.arrays.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "next": self.next, **{k: torch.from_numpy(v[: self.size]) for k, v in self.arrays.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.size, self.next = int(state["size"]), int(state["next"])
+        for k in self.KEYS:
+            self.arrays[k][: self.size] = state[k].numpy()
+
+
+def transitions(data: Sequence[Trajectory], scale: float, shift: float) -> dict[str, np.ndarray]:
+    """Each trajectory's steps with their next observation; a cut-off trajectory's last step has none and is left out."""
+    parts = []
+    for t in data:
+        n = len(t) if t.terminals[-1] else len(t) - 1
+        if n == 0:
+            continue
+        nxt = np.concatenate([t.observations[1:], t.observations[-1:]])  # a terminal step's next state is masked
+        parts.append((t.observations[:n], t.actions[:n], t.rewards[:n] * scale + shift, nxt[:n], t.terminals[:n]))
+    return {k: np.concatenate([p[i] for p in parts]).astype(np.float32) for i, k in enumerate(TransitionBuffer.KEYS)}
+
+
+def reward_transform(task: str | None, data: Sequence[Trajectory]) -> tuple[float, float]:
+    """(scale, shift) as IQL treats rewards: AntMaze r - 1, locomotion r * 1000 / (max - min return)."""
+    if task is not None and task.startswith("antmaze"):
+        return 1.0, -1.0
+    returns = [t.episode_return for t in data]
+    spread = max(returns) - min(returns)
+    return (1000.0 / spread if task is not None and spread > 0 else 1.0), 0.0
+
+
+def iql(
+    data: Sequence[Trajectory],
+    cfg: IQLConfig,
+    env_fn: EnvFn,
+    *,
+    task: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    logger: Logger | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> Run:
+    """`offline_updates` on the dataset, then `online_samples` environment steps with one update each.
+
+    Evaluations (mean actions, `eval_episodes` episodes): after the offline phase (the
+    offline score, online_samples 0), every `eval_every` online steps, and at the end.
+    """
+    logger = logger or NullLogger()
+    obs_dim, act_dim = data[0].observations.shape[1], data[0].actions.shape[1]
+    torch.manual_seed(seed)
+    agent = IQL(obs_dim, act_dim, cfg, total_updates=cfg.offline_updates + cfg.online_samples, device=device)
+    buffer, rng = TransitionBuffer(cfg.buffer_size, obs_dim, act_dim), np.random.default_rng(seed)
+    state = load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    if state is None:
+        scale, shift = reward_transform(task, data)
+        buffer.add(**{k: v[-cfg.buffer_size:] for k, v in transitions(data, scale, shift).items()})
+        loop = {"evaluations": [], "online_samples": 0, "wall_time": 0.0, "scale": scale, "shift": shift}
+    else:
+        agent.load_state_dict(state["agent"])
+        buffer.load_state_dict(state["buffer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        loop = state["loop"]
+    evaluations, scale, shift = loop["evaluations"], loop["scale"], loop["shift"]
+    eval_envs, env = vector_env(env_fn, cfg.eval_episodes), env_fn()
+    check_dims(task, eval_envs, obs_dim, act_dim)
+    start = time.perf_counter() - loop["wall_time"]
+    average = _Average()
+
+    def update() -> None:
+        average.add(agent.update(buffer.sample(cfg.batch_size, rng)))
+
+    def save() -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"agent": agent.state_dict(), "buffer": buffer.state_dict(),
+                                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                         "loop": {**loop, "wall_time": time.perf_counter() - start}})
+
+    def evaluate(final: bool) -> dict[str, float]:
+        seeds = eval_seeds(seed, len(evaluations), cfg.eval_episodes)
+        result = score(run_episodes(lambda o: agent.act(o, deterministic=True), eval_envs, seeds), task)
+        evaluations.append({"online_samples": loop["online_samples"], **result})
+        logger.report(result.get("eval_normalized", result["eval_return"]), agent.updates, final)
+        return result
+
+    with tqdm(total=cfg.offline_updates + cfg.online_samples, initial=agent.updates, desc="iql", disable=not progress,
+              mininterval=1.0) as bar:
+        while not evaluations:  # offline: the dataset alone, then the offline score
+            n = min(cfg.log_every, cfg.offline_updates - agent.updates)
+            for _ in range(n):
+                update()
+            bar.update(n)
+            done = agent.updates >= cfg.offline_updates
+            scored = {"online_samples": 0, **evaluate(cfg.online_samples == 0)} if done else {}
+            logger.log({**average.pop(), **scored, "wall_time": time.perf_counter() - start}, agent.updates)
+            if done or agent.updates % cfg.checkpoint_every == 0:
+                save()
+        since_save, episode_return, obs = 0, 0.0, None
+        while loop["online_samples"] < cfg.online_samples:  # online: one update per environment step
+            if obs is None:  # episodes start at checkpoints' boundaries, so a resumed run plays the same ones
+                obs, _ = env.reset(seed=int(rng.integers(0, 2**31 - 1)))
+                episode_return, episode_length = 0.0, 0
+            action = agent.act(obs[None], deterministic=False)[0]
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            buffer.add(obs=obs[None], act=action[None], rew=np.array([reward * scale + shift]), next_obs=next_obs[None],
+                       done=np.array([float(terminated)]))
+            update()
+            loop["online_samples"] += 1
+            episode_return, episode_length, since_save = episode_return + reward, episode_length + 1, since_save + 1
+            bar.update(1)
+            last = loop["online_samples"] >= cfg.online_samples
+            metrics = evaluate(last) if last or loop["online_samples"] % cfg.eval_every == 0 else {}
+            obs = None if terminated or truncated else next_obs
+            if obs is None or last:
+                logger.log({**average.pop(), **metrics, "online_samples": loop["online_samples"], "explore_return": episode_return,
+                            "explore_length": episode_length, "wall_time": time.perf_counter() - start}, agent.updates)
+                if last or since_save >= cfg.checkpoint_every:
+                    save()
+                    since_save = 0
+            elif metrics:  # mid-episode: the evaluation's own row (every row carries wall_time, the sentinel)
+                logger.log({**metrics, "online_samples": loop["online_samples"], "wall_time": time.perf_counter() - start},
+                           agent.updates)
+    eval_envs.close()
+    env.close()
+    return Run(agent, evaluations, time.perf_counter() - start, offline=evaluations[0])
+
+
+class _Average:
+    """Metrics of consecutive updates summed on the device; `pop` syncs once and starts again."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: float(v) / self.n for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return out

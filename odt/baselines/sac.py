@@ -1,0 +1,151 @@
+"""Soft Actor-Critic from scratch at the online budget (Haarnoja et al. 2018): Table 5.1's SAC column.
+
+stable-baselines3's SAC with the paper's settings (two 256-unit layers, lr 3e-4, batch 256,
+one update per environment step, automatic entropy tuning), uniformly random actions for
+the first `random_steps` (at most a tenth of the budget). Evaluated like every other
+algorithm here: deterministic actions, `eval_episodes` episodes on odt's evaluation seeds.
+
+    run = sac(SACConfig(online_samples=...), env_fn, task="hopper-medium-v2", seed=0)
+
+The loop is SB3's `learn`; evaluation, logging and checkpoints happen inline in its
+callback. Checkpoints (weights, optimisers, replay buffer, counters; no pickles) are taken
+after an episode's last step has been stored and learned from; a resumed run starts a fresh episode there, so it continues the same run
+but is not bit-identical to one never interrupted (SB3 does not keep the environment's RNG).
+Logged rows are stepped by environment steps: SAC makes one update per step after its random phase.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from odt.checkpoint import load_checkpoint, save_checkpoint
+from odt.config import NonNegInt, PosFloat, PosInt, _Config
+from odt.envs import check_dims, vector_env
+from odt.evaluation import eval_seeds, run_episodes, score
+from odt.logger import Logger, NullLogger
+from odt.loops import EnvFn, Run
+
+BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+class SACConfig(_Config):
+    hidden_dim: PosInt = 256
+    n_hidden: PosInt = 2
+    learning_rate: PosFloat = 3e-4
+    batch_size: PosInt = 256
+    discount: PosFloat = 0.99
+    tau: PosFloat = 0.005
+    buffer_size: PosInt = 1_000_000
+    random_steps: NonNegInt = 10_000  # uniformly random actions first; at most a tenth of the budget
+    online_samples: NonNegInt = 200_000
+    log_every: PosInt = 1000  # environment steps between two rows (at the next episode's end)
+    checkpoint_every: PosInt = 10_000  # environment steps between two checkpoints (at the next episode's end)
+    eval_every: PosInt = 10_000
+    eval_episodes: PosInt = 10
+
+
+def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0, device: str = "cpu",
+        logger: Logger | None = None, checkpoint: str | Path | None = None, progress: bool = True) -> Run:
+    """SAC for `cfg.online_samples` environment steps; evaluations at 0, every `eval_every` steps and at the end."""
+    from stable_baselines3 import SAC  # noqa: PLC0415
+    from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415
+    from stable_baselines3.common.logger import configure  # noqa: PLC0415
+
+    logger = logger or NullLogger()
+    env, eval_envs = env_fn(), vector_env(env_fn, cfg.eval_episodes)
+    model = SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=min(cfg.buffer_size, max(1, cfg.online_samples)),
+                learning_starts=min(cfg.random_steps, cfg.online_samples // 10), batch_size=cfg.batch_size, tau=cfg.tau,
+                gamma=cfg.discount, train_freq=1, gradient_steps=1,
+                policy_kwargs={"net_arch": [cfg.hidden_dim] * cfg.n_hidden}, seed=seed, device=device)
+    model.set_logger(configure(None, []))  # SB3's own output off; its latest losses are read below
+    check_dims(task, eval_envs, *env.observation_space.shape, *env.action_space.shape)
+    state = load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    loop = {"evaluations": [], "wall_time": 0.0} if state is None else _restore(model, state)
+    evaluations = loop["evaluations"]
+    start = time.perf_counter() - loop["wall_time"]
+
+    def evaluate(final: bool) -> dict[str, float]:
+        seeds = eval_seeds(seed, len(evaluations), cfg.eval_episodes)
+        result = score(run_episodes(lambda o: model.predict(o, deterministic=True)[0], eval_envs, seeds), task)
+        evaluations.append({"online_samples": model.num_timesteps, **result})
+        logger.report(result.get("eval_normalized", result["eval_return"]), model.num_timesteps, final)
+        return result
+
+    def save() -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, _state(model, {**loop, "wall_time": time.perf_counter() - start}))
+
+    class Callback(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.episode_return, self.episode_length, self.logged, self.saved = 0.0, 0, model.num_timesteps, model.num_timesteps
+            self.due = False  # an episode ended and a checkpoint is due: taken before the next step
+
+        def _on_step(self) -> bool:
+            steps, last = model.num_timesteps, model.num_timesteps >= cfg.online_samples
+            self.episode_return += float(self.locals["rewards"][0])
+            self.episode_length += 1
+            metrics = evaluate(last) if last or steps % cfg.eval_every == 0 else {}
+            ended = bool(self.locals["dones"][0])
+            if metrics or last or (ended and steps - self.logged >= cfg.log_every):
+                losses = {k.removeprefix("train/"): v for k, v in model.logger.name_to_value.items()
+                          if k in ("train/actor_loss", "train/critic_loss", "train/ent_coef")}
+                episode = {"explore_return": self.episode_return, "explore_length": self.episode_length} if ended else {}
+                logger.log({**losses, **metrics, **episode, "online_samples": steps, "updates": model._n_updates,
+                            "wall_time": time.perf_counter() - start}, steps)
+                self.logged = steps
+            if ended:
+                self.episode_return, self.episode_length = 0.0, 0
+                self.due = steps - self.saved >= cfg.checkpoint_every
+            return True
+
+        def _on_rollout_start(self) -> None:
+            """Between two steps: the last step's transition is stored and its update made, a consistent state."""
+            if self.due:
+                save()
+                self.saved, self.due = model.num_timesteps, False
+
+    if not evaluations:  # the initial policy, before any step: the curve's first point
+        logger.log({"online_samples": 0, **evaluate(cfg.online_samples == 0), "wall_time": time.perf_counter() - start}, 0)
+    remaining = cfg.online_samples - model.num_timesteps
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=Callback(), reset_num_timesteps=state is None,
+                    progress_bar=progress)
+    if evaluations[-1]["online_samples"] < cfg.online_samples:  # the budget ended mid-callback bookkeeping
+        evaluate(True)
+    save()
+    env.close()
+    eval_envs.close()
+    return Run(model, evaluations, time.perf_counter() - start)
+
+
+def _state(model, loop: dict[str, Any]) -> dict[str, Any]:
+    """Weights, optimisers, entropy coefficient, replay buffer, counters and RNGs, as tensors and numbers only."""
+    buf = model.replay_buffer
+    size = buf.buffer_size if buf.full else buf.pos
+    np_state = np.random.get_state()  # SB3 samples its replay buffer with numpy's global generator
+    return {"params": model.get_parameters(), "log_ent_coef": model.log_ent_coef.detach().cpu(),
+            "num_timesteps": model.num_timesteps, "n_updates": model._n_updates, "pos": buf.pos, "full": buf.full,
+            "buffer": {k: torch.from_numpy(np.ascontiguousarray(getattr(buf, k)[:size])) for k in BUFFER_ARRAYS},
+            "torch_rng": torch.get_rng_state(), "numpy_rng": [torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "loop": loop}
+
+
+def _restore(model, state: dict[str, Any]) -> dict[str, Any]:
+    model.set_parameters(state["params"], exact_match=True)
+    with torch.no_grad():
+        model.log_ent_coef.copy_(state["log_ent_coef"])
+    model.num_timesteps, model._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+    buf = model.replay_buffer
+    for k in BUFFER_ARRAYS:
+        array = state["buffer"][k].numpy()
+        getattr(buf, k)[: len(array)] = array
+    buf.pos, buf.full = int(state["pos"]), bool(state["full"])
+    torch.set_rng_state(state["torch_rng"])
+    keys, *rest = state["numpy_rng"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *rest))
+    return state["loop"]

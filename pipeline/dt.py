@@ -1,0 +1,42 @@
+"""DVC stage `dt@<task>`: the Decision Transformer baseline (Chen et al. 2021), offline, one run per seed.
+
+    python -m pipeline.dt --task hopper-medium-v2
+
+The same loop as ODT's pretraining (odt.loops.pretrain) with the task's `dt` block: a
+deterministic head trained by MSE, AdamW, the positional embedding kept, evaluated with its
+return target. Writes runs/<task>/dt/seed_<k>/{checkpoint.pt, curve.csv, result.json} and
+runs/<task>/dt.json. MLflow: parent run `dt`, a child run per seed, tagged algorithm=dt.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from odt.config import ConfigError
+from pipeline import paths, seeds
+from pipeline.params import Params, TaskPlan
+from pipeline.pretrain import run_seeds
+
+
+def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+    if plan.dt is None:
+        raise ConfigError(f"params.yaml tasks.{plan.name} has no dt block; add it (see profiles/quick.yaml)")
+    hparams = {"learning_rate": plan.dt.learning_rate, "weight_decay": plan.dt.weight_decay, "source": "params"}
+    return run_seeds("dt", plan, params, plan.dt_model, plan.dt, root=Path(root).resolve(), track=track, hparams=hparams,
+                     **parallel)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import stage_main  # noqa: PLC0415
+
+    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
+        out = run_stage(plan, params, **kwargs)
+        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "offline_std")}
+
+    return stage_main(argv, doc=__doc__, stage="dt", run=run, failed=(seeds.SeedsFailed,),
+                      root_help="repository root (data/, runs/ and mlflow.db live there)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

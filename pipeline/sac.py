@@ -1,0 +1,67 @@
+"""DVC stage `sac@<task>`: SAC from scratch at the online budget (stable-baselines3), one run per seed.
+
+    python -m pipeline.sac --task hopper-medium-v2
+
+odt.baselines.sac with the task's `sac` block, for the finetuning's online budget, in the
+task's environment (the dataset is not used), scored like ODT. Writes
+runs/<task>/sac/seed_<k>/{curve.csv, result.json} and runs/<task>/sac.json. MLflow: parent
+run `sac`, a child run per seed, algorithm=sac.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+from odt.config import ConfigError
+from pipeline import caching, curves, paths, seeds
+from pipeline.params import Params, TaskPlan
+
+FILES = ("curve.csv", "result.json")
+SUMMARY = ("online_normalized", "online_normalized_std")
+CURVE = ["online_samples", *curves.SCORES]
+
+
+def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
+    from odt.baselines.sac import sac  # noqa: PLC0415
+
+    run = sac(plan.sac, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
+              checkpoint=seed_dir / "state.pt", progress=False)
+    curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
+    (seed_dir / "state.pt").unlink()
+    final = run.final
+    print(f"sac {plan.name} seed {seed}: {final['eval_normalized']:.2f} after {final['online_samples']} samples "
+          f"({run.wall_time:.0f} s)", flush=True)
+    return {"task": plan.name, "seed": seed, "online_normalized": final["eval_normalized"],
+            "online_normalized_std": final["eval_normalized_std"], "online_samples": final["online_samples"],
+            "num_updates": run.trainer._n_updates, "wall_time": run.wall_time}
+
+
+def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+    root = Path(root).resolve()
+    if plan.sac is None:
+        raise ConfigError(f"params.yaml tasks.{plan.name} has no sac block; add it (see profiles/quick.yaml)")
+    key = {"stage": "sac", "task": plan.name, "sac": plan.sac.model_dump(), "env_version": params.env_version,
+           "code_sha256": caching.code_sha()}
+    out = paths.run_dir(root, plan.name, "sac")
+    results, how = seeds.run("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
+                             out=out, files=FILES, summary_keys=SUMMARY, track=track, **parallel)
+    summary = {"task": plan.name, **curves.summarize(results), "online_samples": plan.sac.online_samples}
+    seeds.finish(how, summary, out.parent / "sac.json", step=plan.sac.online_samples)
+    return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import stage_main  # noqa: PLC0415
+
+    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
+        out = run_stage(plan, params, **kwargs)
+        return {k: out["summary"][k] for k in ("task", "seeds", "online_mean", "online_std")}
+
+    return stage_main(argv, doc=__doc__, stage="sac", run=run, failed=(seeds.SeedsFailed,),
+                      root_help="repository root (runs/ and mlflow.db live there)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
