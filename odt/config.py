@@ -40,6 +40,8 @@ class OptimConfig(_Config):
     batch_size: PosInt = 256
     learning_rate: PosFloat = 1e-4
     weight_decay: NonNegFloat = 5e-4
+    decoupled_weight_decay: bool = True  # LAMB: decay the weights apart from the update (pytorch-optimizer's default),
+    # or add it to the update before the trust ratio, as the LAMB paper (You et al. 2020) does
     warmup_steps: NonNegInt = 10_000  # linear learning-rate warmup, counted from the first update ever
     grad_clip: PosFloat = 0.25  # gradient-norm clip
     init_temperature: PosFloat = 0.1  # lambda at the start

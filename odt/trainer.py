@@ -63,8 +63,10 @@ class ODTTrainer:
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = {"lamb": Lamb, "adamw": torch.optim.AdamW}[optim.optimizer]
-        self.optimizer = opt(groups, lr=optim.learning_rate)
+        if optim.optimizer == "lamb":
+            self.optimizer = Lamb(groups, lr=optim.learning_rate, weight_decouple=optim.decoupled_weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=optim.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._warmup)
 
         # lambda, the dual variable of the entropy constraint, learned as log lambda
@@ -213,6 +215,8 @@ class ODTTrainer:
         factor = self._warmup(self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = optim.learning_rate * factor
+            if "weight_decouple" in group:  # LAMB
+                group["weight_decouple"] = optim.decoupled_weight_decay
         for group in self.temperature_optimizer.param_groups:
             group["lr"] = optim.temperature_lr
 
