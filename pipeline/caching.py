@@ -47,6 +47,7 @@ def fingerprint(obj: Any) -> str:
 def pretrain_key(plan, params, cfg, data: Path) -> dict[str, Any]:
     """Everything that determines a pretraining result (its fingerprint and MLflow params)."""
     return {"stage": "pretrain", "task": plan.name, "model": dataclasses.asdict(plan.model), "train": cfg.model_dump(),
+            "torch_threads": params.parallel.pretrain_threads,  # CPU results depend on it
             "env_version": params.env_version, "data_sha256": file_sha(data), "code_sha256": code_sha()}
 
 

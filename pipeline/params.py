@@ -62,6 +62,10 @@ class ParallelParams(_Strict):
     n_jobs: PosInt = 2
     address: str | None = None  # dask scheduler (tcp://host:8786) or ray cluster ("auto", ray://host:10001)
     threads_per_worker: PosInt | None = None  # torch threads per seed; None: 1 (results then do not depend on the backend)
+    # torch threads of the pretraining stage. 1: on a 2-core machine it ran as fast as 2 threads
+    # idle and 16x faster beside one busy process (benchmarks/threads.py), and results do not
+    # depend on the machine's core count
+    pretrain_threads: PosInt = 1
 
 
 class SearchRange(_Strict):

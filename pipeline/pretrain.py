@@ -3,7 +3,7 @@
     python -m pipeline.pretrain --task hopper-medium-v2
 
 Reads data/<task>/<task>.hdf5 and the task's `model` and `pretrain` blocks; runs
-odt.loops.pretrain in a work directory keyed by everything that determines the result;
+odt.loops.pretrain with `parallel.pretrain_threads` torch threads in a work directory keyed by everything that determines the result;
 writes runs/<task>/pretrain/checkpoint.pt (the full trainer state finetuning starts from)
 and runs/<task>/pretrain/eval.json (the pretrained policy's normalized return). Logs to
 MLflow experiment `odt/<task>`, run `pretrain`. Killed and rerun, it resumes.
@@ -24,9 +24,16 @@ def pretrain(plan: TaskPlan, params: Params, cfg, work: Path, *, root: Path, log
     from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.loops import pretrain as pretrain_loop  # noqa: PLC0415
 
+    import torch  # noqa: PLC0415
+
     data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)
-    run = pretrain_loop(data, plan.model, cfg, plan.env_fn(root), task=plan.name, seed=0, device=params.device,
-                        logger=logger, checkpoint=work / "checkpoint.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(params.parallel.pretrain_threads)  # as the finetune stage sets its workers'
+    try:
+        run = pretrain_loop(data, plan.model, cfg, plan.env_fn(root), task=plan.name, seed=0, device=params.device,
+                            logger=logger, checkpoint=work / "checkpoint.pt")
+    finally:
+        torch.set_num_threads(threads)
     run.trainer.save_policy(work / "policy.pt", cfg)
     final = run.final
     return {"task": plan.name, "normalized_mean": final["eval_normalized"], "normalized_std": final["eval_normalized_std"],

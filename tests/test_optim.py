@@ -115,7 +115,7 @@ def test_another_lamb_variant_is_refused():
         Lamb(groups(copy.deepcopy(a), 0.05)).load_state_dict(lib.state_dict())
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_linear_warmup_gives_lambdalr_rates_and_state():
     warmup = 7
     a, b = Net(), Net()

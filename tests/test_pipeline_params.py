@@ -167,3 +167,42 @@ def test_workers_times_threads_never_exceeds_cores(monkeypatch):
         for threads in (None, 1, 2, 3, 8):
             workers, t = parallel.plan_workers(n_jobs, 10, "loky", threads)
             assert workers * t <= 4 and workers >= 1 and t >= 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_pretraining_runs_with_pretrain_threads_and_gives_the_caller_its_own_back(tmp_path, hopper_random_hdf5, monkeypatch):
+    import shutil
+
+    import torch
+
+    import odt.loops
+    from pipeline import caching, paths, pretrain
+
+    task = "hopper-medium-v2"
+    (tmp_path / "data" / task).mkdir(parents=True)
+    shutil.copy(hopper_random_hdf5, paths.dataset(tmp_path, task))
+    seen = []
+
+    def loop(*args, **kwargs):  # records the threads pretraining would run with, then stops
+        seen.append(torch.get_num_threads())
+        raise _Stop
+
+    monkeypatch.setattr(odt.loops, "pretrain", loop)
+    keys = []
+    for threads in (None, 2):  # the default, then an override
+        raw = resolved("tiny")
+        if threads is not None:
+            raw["parallel"]["pretrain_threads"] = threads
+        params = parse_params(raw)
+        plan = plan_task(params, task)
+        cfg, _ = phase_config(plan, params, "pretrain", root=tmp_path)
+        torch.set_num_threads(3)
+        with pytest.raises(_Stop):
+            pretrain.pretrain(plan, params, cfg, tmp_path / "work", root=tmp_path)
+        assert torch.get_num_threads() == 3
+        keys.append(caching.fingerprint(caching.pretrain_key(plan, params, cfg, paths.dataset(tmp_path, task))))
+    assert seen == [1, 2]
+    assert keys[0] != keys[1]  # the thread count changes CPU results: another work directory
