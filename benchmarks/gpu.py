@@ -16,8 +16,9 @@ pipeline's joblib path (pipeline.parallel.run_parallel, loky; each process its o
 context), and S trainers in one process on S CUDA streams (not a pipeline path yet: the
 trainers share torch's RNG, so only the speed is meaningful). Each way runs every seed's
 updates for the same wall time after all are warm (captured) and reports the aggregate
-seed-updates/s. From those rates, the update time of the `paper` profile (all tasks,
-pretraining and 10 finetuning seeds, rollouts and evaluations left out).
+seed-updates/s. A finetuning round's parts (explore, add, 300 updates) as shares of the
+round. From those rates, the update time of the `paper` profile (all tasks, pretraining
+and 10 finetuning seeds, rollouts and evaluations left out).
 
     python -m benchmarks.gpu            # or: python -m benchmarks.run --gpu
 """
@@ -182,6 +183,44 @@ def seeds_on_streams(config, n: int, *, seconds: float, batch_size: int, context
     return out
 
 
+def finetune_round(config, *, rounds: int, batch_size: int, context_len: int) -> tuple[list[Figure], list[dict]]:
+    """Seconds of a finetuning round's parts (Algorithm 1: explore one episode, add it, 300 updates) on the GPU.
+
+    Hopper-v5 without early termination: every exploration episode is 1000 steps, as a
+    good policy's are. The first round (rollout graph capture) is left out.
+    """
+    from benchmarks.rollout import hopper_vector_env  # noqa: PLC0415
+    from odt.config import FinetuneConfig  # noqa: PLC0415
+
+    trainer, _ = warm(config, cuda_graph=None, warmup=2, batch_size=batch_size, context_len=context_len)
+    cfg = FinetuneConfig(batch_size=batch_size)
+    envs = hopper_vector_env(cfg.rollouts_per_round)
+    parts: dict[str, list[float]] = {"explore": [], "add": [], "updates": []}
+    for r in range(rounds + 1):
+        t0 = time.perf_counter()
+        result = trainer.explore(envs, cfg)
+        t1 = time.perf_counter()
+        trainer.buffer.add(result.trajectories)
+        t2 = time.perf_counter()
+        trainer.train_updates(cfg.updates_per_round)
+        t3 = time.perf_counter()
+        if r:
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(v)
+    envs.close()
+    totals = [sum(p) for p in zip(*parts.values())]
+    figures = [Figure(f"finetuning round, {label(config)}: {k} / whole round "
+                      f"({cfg.updates_per_round} updates, 1000-step episode)", [v / t for v, t in zip(parts[k], totals)],
+                      "x") for k in parts]
+    rows = [{"config": label(config), "step": f"round: {k}", "median_s": float(sorted(v)[len(v) // 2]),
+             "min_s": float(min(v)), "max_s": float(max(v)), "repeats": rounds, "updates_per_repeat": cfg.updates_per_round,
+             "device": "cuda"} for k, v in parts.items()]
+    del trainer
+    gc.collect()
+    torch.cuda.empty_cache()
+    return figures, rows
+
+
 def paper_profile_hours(single: float, aggregate: float) -> tuple[float, float, float]:
     """(pretraining, finetuning, total) hours of the `paper` profile's updates at these rates.
 
@@ -205,7 +244,8 @@ def paper_profile_hours(single: float, aggregate: float) -> tuple[float, float, 
 
 def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, int, int], ...] = ("paper", "small"),
         batch_size: int = 256, context_len: int = 20, ratio_repeats: int = 3, seeds: tuple[int, ...] = (1, 2, 5, 10),
-        seed_config: str | tuple[int, int, int] = "paper", seconds: float = 8.0, chunk: int = 50) -> Result:
+        seed_config: str | tuple[int, int, int] = "paper", seconds: float = 8.0, chunk: int = 50,
+        rounds: int = 3) -> Result:
     if not torch.cuda.is_available():
         return Result("gpu", "GPU path", skipped="no GPU found: torch.cuda.is_available() is False, so the "
                       "GPU figures (updates/s eager and captured, peak GPU memory, seed-updates/s with seeds "
@@ -226,6 +266,11 @@ def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, i
         f.target, f.met = "", None
     figures += ratio.figures
     rows += ratio.rows
+
+    if rounds:
+        figs, round_rows = finetune_round(seed_config, rounds=rounds, batch_size=batch_size, context_len=context_len)
+        figures += figs
+        rows += round_rows
 
     best = {}
     for way, fn in (("processes (joblib, loky)", seeds_in_processes), ("one process, a CUDA stream each", seeds_on_streams)):

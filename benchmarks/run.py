@@ -38,7 +38,8 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "memory": ("benchmarks.memory", {}, {"transitions": 100_000, "n_traj": 100}),
     "threads": ("benchmarks.threads", {}, {"configs": ("quick",), "updates": 20, "repeats": 2}),
     "logging": ("benchmarks.mlflow_logging", {}, {"quick": True}),
-    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1}),
+    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1, "seeds": (1, 2), "seconds": 2.0,
+                                   "rounds": 1}),
     "e2e": ("benchmarks.e2e", {}, {}),
 }
 DEFAULT = ["sampler", "update", "rollout", "memory", "threads", "logging", "gpu", "rollout_gpu"]

@@ -190,10 +190,13 @@ class ODTTrainer:
             "mask": mask,
         }
 
+    def _sample(self) -> Batch:
+        return self.buffer.sample(self.optim.batch_size, self.model_cfg.context_len, self.rng)
+
     def _stage(self, batch: Batch) -> dict[str, torch.Tensor | None] | StagedBatch:
-        """The batch on its way to the device: eagerly, `_to_device`; for the graph, one packed
-        tensor, on CUDA copied from pinned memory on a side stream, so that the copy runs while
-        the device still computes the update before."""
+        """The batch on its way to the device. Without the graph, `_to_device`. With it, one
+        packed tensor; on CUDA copied from pinned memory on a side stream, so that the copy
+        runs while the device still computes the update before."""
         if not self.cuda_graph:
             return self._to_device(batch)
         B, K, o = batch.states.shape
@@ -262,12 +265,13 @@ class ODTTrainer:
         return metrics
 
     def _update(self, batch: dict[str, torch.Tensor | None] | StagedBatch) -> dict[str, torch.Tensor]:
-        """One update from a staged batch; with a graph, its metrics are valid until the next update."""
+        """One update from a staged batch; from a graph, the metrics are valid until the next update."""
         metrics = self._step(batch) if not self.cuda_graph else self._graphed_update(batch)
         self.num_updates += 1
         return metrics
 
     def _graphed_update(self, staged: StagedBatch) -> dict[str, torch.Tensor]:
+        """GRAPH_WARMUP eager updates of a batch shape, its capture, then replays (eager for good if capture fails)."""
         packed = staged.packed()
         key = tuple(packed.shape)
         if key != self._graph_key:  # a new shape, or the graph's baked-in values changed: warm up, capture
@@ -300,8 +304,8 @@ class ODTTrainer:
 
     def update(self) -> dict[str, torch.Tensor]:
         """One update of theta and one of lambda; metrics stay on the device (no sync)."""
-        metrics = self._update(self._stage(self.buffer.sample(self.optim.batch_size, self.model_cfg.context_len, self.rng)))
-        return {k: v.clone() for k, v in metrics.items()} if self.graphed else metrics
+        metrics = self._update(self._stage(self._sample()))
+        return {k: v.clone() for k, v in metrics.items()} if self.graphed else metrics  # a graph's are static
 
     def train_updates(self, n: int, *, progress: bool = False, desc: str = "updates") -> dict[str, float]:
         """`n` updates; returns the metrics averaged over them (one host sync at the end).
@@ -310,16 +314,13 @@ class ODTTrainer:
         the host's share runs while the device computes. The numpy stream (sampling) and the
         torch stream (dropout, rsample) are separate, so the numbers are those of update() n times.
         """
-        def sample() -> dict[str, torch.Tensor | None] | StagedBatch:
-            return self._stage(self.buffer.sample(self.optim.batch_size, self.model_cfg.context_len, self.rng))
-
         sums: dict[str, torch.Tensor] = {}
-        batch = sample() if n else None
+        batch = self._stage(self._sample()) if n else None
         for i in tqdm(range(n), desc=desc, disable=not progress, leave=False, mininterval=1.0):
             metrics = self._update(batch)
             if i + 1 < n:
-                batch = sample()
-            for k, v in metrics.items():
+                batch = self._stage(self._sample())
+            for k, v in metrics.items():  # a graph's metrics are overwritten by its next replay: clone the first
                 sums[k] = sums[k] + v if k in sums else v.clone()
         out = {k: float(v) / n for k, v in sums.items()} if n else {}
         out["learning_rate"] = self.scheduler.get_last_lr()[0]

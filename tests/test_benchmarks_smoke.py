@@ -79,11 +79,11 @@ def test_logging_benchmark():
 
 def test_gpu_benchmark_says_when_there_is_no_gpu():
     r = gpu.run(updates=1, warmup=0, configs=((16, 1, 1),), batch_size=4, context_len=3, ratio_repeats=1,
-                seeds=(1, 2), seed_config=(16, 1, 1), seconds=0.5, chunk=2)
+                seeds=(1, 2), seed_config=(16, 1, 1), seconds=0.5, chunk=2, rounds=1)
     if r.skipped is not None:
         assert "no GPU found" in r.skipped and not r.figures
-    else:  # eager and captured updates/s, their ratio and memory; update/bare; 2 x 2 seed-sharing figures
-        check(r, "gpu", 5 + 1 + 4)
+    else:  # eager and captured updates/s, their ratio and memory; update/bare; round shares; 2 x 2 seed sharing
+        check(r, "gpu", 5 + 1 + 3 + 4)
         assert "capture FAILED" not in " ".join(f.name for f in r.figures)
     r = rollout.run(num_envs=(2,), steps=3, repeats=1, model=dict(embed_dim=16, n_layer=1, n_head=1), device="cuda")
     if r.skipped is not None:
