@@ -59,7 +59,7 @@ def measure(trainer: ODTTrainer, threads: list[int], updates: int, repeats: int)
     return {n: [updates / s for s, _ in t[n]] for n in threads}
 
 
-def run(*, configs: tuple[str, ...] = ("quick", "cpu"), updates: int = 50, repeats: int = 5,
+def run(*, configs: tuple[str, ...] = ("quick", "cpu"), updates: int = 20, repeats: int = 3,
         transitions: int = 20_000) -> Result:
     cores = len(os.sched_getaffinity(0))
     if cores < 2:
@@ -72,16 +72,19 @@ def run(*, configs: tuple[str, ...] = ("quick", "cpu"), updates: int = 50, repea
             trainer = make_trainer(config, transitions)
             for load in ("idle", "loaded"):
                 procs = busy_loops(cores - 1) if load == "loaded" else []
+                before_load = os.getloadavg()[0]
                 try:
                     rates = measure(trainer, threads, updates, repeats)
                 finally:
                     stop(procs)
+                load_avg = f"{before_load:.2f} -> {os.getloadavg()[0]:.2f}"
                 ratio = [a / b for a, b in zip(rates[1], rates[cores])]
                 figures.append(Figure(f"{config} pretraining, {load}: updates/s with 1 thread / with {cores}", ratio, "x"))
                 for n in threads:
                     rows.append({"config": config, "machine": load, "threads": n,
                                  "median_updates_per_s": float(np.median(rates[n])),
-                                 "min": float(np.min(rates[n])), "max": float(np.max(rates[n]))})
+                                 "min": float(np.min(rates[n])), "max": float(np.max(rates[n])),
+                                 "load_average_1m": load_avg})
     finally:
         torch.set_num_threads(before)
     notes = [f"{updates} updates per timing, {repeats} repeats, order rotated; synthetic hopper-shaped data "
@@ -89,5 +92,6 @@ def run(*, configs: tuple[str, ...] = ("quick", "cpu"), updates: int = 50, repea
                  f"{c} d{CONFIGS[c][0]['embed_dim']} L{CONFIGS[c][0]['n_layer']} K{CONFIGS[c][0]['context_len']} "
                  f"B{CONFIGS[c][1]['batch_size']}" for c in configs),
              f"loaded: {cores - 1} busy-loop process(es) (`python -c 'while True: pass'`) beside the benchmark; "
-             "idle: the machine as it was (see its load average above)."]
+             "idle: the machine as it was, other users' work included (the 1-minute load average before -> after "
+             "each measurement is in the table; on an idle machine it stays near 1, the benchmark's own load)."]
     return Result("threads", "Pretraining threads under load", figures, rows, notes)
