@@ -133,7 +133,7 @@ def _seed_process(config, seed: int, n: int, seconds: float, barrier: str, batch
     torch.set_num_threads(1)
     trainer, _ = warm(config, cuda_graph=None, warmup=2, batch_size=batch_size, context_len=context_len, seed=seed)
     Path(barrier, f"ready_{seed}").touch()
-    deadline = time.time() + 300
+    deadline = time.time() + 120
     while len(list(Path(barrier).glob("ready_*"))) < n and time.time() < deadline:
         time.sleep(0.005)
     start, count = time.time(), 0
@@ -267,15 +267,25 @@ def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, i
     figures += ratio.figures
     rows += ratio.rows
 
+    failures = []  # one failing part must not lose the others' figures
     if rounds:
-        figs, round_rows = finetune_round(seed_config, rounds=rounds, batch_size=batch_size, context_len=context_len)
-        figures += figs
-        rows += round_rows
+        try:
+            figs, round_rows = finetune_round(seed_config, rounds=rounds, batch_size=batch_size, context_len=context_len)
+            figures += figs
+            rows += round_rows
+        except Exception as err:  # noqa: BLE001
+            failures.append(f"finetuning round: {type(err).__name__}: {err}")
 
     best = {}
     for way, fn in (("processes (joblib, loky)", seeds_in_processes), ("one process, a CUDA stream each", seeds_on_streams)):
         for n in seeds:
-            r = fn(seed_config, n, seconds=seconds, batch_size=batch_size, context_len=context_len, chunk=chunk)
+            try:
+                r = fn(seed_config, n, seconds=seconds, batch_size=batch_size, context_len=context_len, chunk=chunk)
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"{n} seeds, {way}: {type(err).__name__}: {err}")
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
             target = ">= 1000 1/s" if n == 10 and seed_config == "paper" else ""
             figures.append(Figure(f"seed-updates per second, {n} seeds sharing the GPU, {way}, {label(seed_config)}"
                                   + ("" if r["graphed"] else " (capture FAILED)"), [r["aggregate"]], "1/s", target,
@@ -297,7 +307,8 @@ def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, i
              "one torch RNG, so only their speed means anything there.",
              "The update/bare ratio on the GPU: the bare step (forward, loss, backward, LAMB on one fixed batch) "
              "runs eagerly, the update replays its graph, so below 1x is expected."]
-    if single and seeds:
+    notes += [f"FAILED (not measured): {f}" for f in failures]
+    if single and best:
         n = max(best)
         pre, fine, total = paper_profile_hours(single, best[n])
         notes.append(f"paper profile, updates only (rollouts and evaluations left out), at {single:.0f} updates/s "

@@ -85,6 +85,7 @@ def test_gpu_benchmark_says_when_there_is_no_gpu():
     else:  # eager and captured updates/s, their ratio and memory; update/bare; round shares; 2 x 2 seed sharing
         check(r, "gpu", 5 + 1 + 3 + 4)
         assert "capture FAILED" not in " ".join(f.name for f in r.figures)
+        assert not [n for n in r.notes if "FAILED" in n] and any("paper profile" in n for n in r.notes)
     r = rollout.run(num_envs=(2,), steps=3, repeats=1, model=dict(embed_dim=16, n_layer=1, n_head=1), device="cuda")
     if r.skipped is not None:
         assert "no GPU found" in r.skipped and not r.figures

@@ -23,8 +23,8 @@ from odt.trainer import GRAPH_WARMUP, ODTTrainer
 TINY = dict(embed_dim=32, n_layer=1, n_head=2, dropout=0.1, context_len=5, max_ep_len=1000)
 
 
-def trainer(*, cuda_graph=None, device="cpu", seed=0, **optim):
-    trajs = policy_dataset()
+def trainer(*, cuda_graph=None, device="cpu", seed=0, length=50, **optim):
+    trajs = policy_dataset(length=length)
     mcfg = ModelConfig(state_dim=6, act_dim=2, reward_scale=0.1, **TINY)
     cfg = OptimConfig(**{"batch_size": 32, "learning_rate": 3e-3, "weight_decay": 1e-4, "warmup_steps": 20, **optim})
     return ODTTrainer(mcfg, cfg, TrajectoryReplayBuffer(1000, trajs), seed=seed, device=device, cuda_graph=cuda_graph)
@@ -183,7 +183,9 @@ def test_the_capturable_update_makes_no_host_sync(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a real graph capture")
 def test_the_captured_update_equals_the_eager_update_on_cuda(monkeypatch):
-    graphed = trainer(device="cuda")
+    # 6-step trajectories, K = 5: every batch has padding, so eager and graph take the same masked
+    # attention path (same kernels, same dropout draws); bf16 autocast, dropout and rsample on
+    graphed = trainer(device="cuda", length=6)
     graphed.train_updates(20)  # each trainer trains right after its construction (torch.manual_seed there)
     assert graphed.graphed
     torch.cuda.set_sync_debug_mode("error")  # replays never wait for the device
@@ -192,12 +194,11 @@ def test_the_captured_update_equals_the_eager_update_on_cuda(monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", FailingCapture)
-    eager = trainer(device="cuda")
+    eager = trainer(device="cuda", length=6)
     with pytest.warns(UserWarning, match="simulated capture failure"):
         eager.train_updates(21)
     assert not eager.graphed
-    # bf16 autocast, the masked attention path in the graph: equal to bf16 precision
-    assert max_rel_diff(params_of(graphed), params_of(eager)) < 2e-2
-    a, b = graphed.train_updates(10), eager.train_updates(10)
+    assert max_rel_diff(params_of(graphed), params_of(eager)) < 2e-2  # equal to bf16 precision
+    a, b = run(graphed).train_updates(10), run(eager).train_updates(10)  # the same streams for both
     for k in ("loss", "nll", "entropy", "temperature"):
         assert a[k] == pytest.approx(b[k], rel=2e-2, abs=1e-3), k
