@@ -1,6 +1,6 @@
 """Run the benchmarks and write reports/benchmarks.md (and .json beside it).
 
-    python -m benchmarks.run                  # sampler, update, rollout, memory, logging, online, gpu
+    python -m benchmarks.run                  # sampler, update, rollout, memory, threads, logging, online, gpu
     python -m benchmarks.run --e2e            # ... plus `make repro` from a fresh clone (slow)
     python -m benchmarks.run --gpu            # only the GPU benchmarks (updates/s, rollouts)
     python -m benchmarks.run --only sampler,rollout --quick
@@ -36,12 +36,14 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "rollout": ("benchmarks.rollout", {}, {"num_envs": (10,), "steps": 50, "repeats": 3}),
     "rollout_gpu": ("benchmarks.rollout", {"device": "cuda"}, {"device": "cuda", "num_envs": (10,), "steps": 50, "repeats": 3}),
     "memory": ("benchmarks.memory", {}, {"transitions": 100_000, "n_traj": 100}),
+    "threads": ("benchmarks.threads", {}, {"configs": ("quick",), "updates": 20, "repeats": 2}),
     "logging": ("benchmarks.mlflow_logging", {}, {"quick": True}),
     "online": ("benchmarks.online", {}, {"samples": 300, "repeats": 1}),
-    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1}),
+    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1, "seeds": (1, 2), "seconds": 2.0,
+                                   "rounds": 1}),
     "e2e": ("benchmarks.e2e", {}, {}),
 }
-DEFAULT = ["sampler", "update", "rollout", "memory", "logging", "online", "gpu", "rollout_gpu"]
+DEFAULT = ["sampler", "update", "rollout", "memory", "threads", "logging", "online", "gpu", "rollout_gpu"]
 
 
 def fail(msg: str) -> None:

@@ -33,12 +33,13 @@ def make_trainer(
     n_traj: int = 200,
     device: str = "auto",
     seed: int = 0,
+    cuda_graph: bool | None = None,
 ) -> ODTTrainer:
     d, L, H = CONFIGS[config] if isinstance(config, str) else config
     trajs = synthetic_trajectories(n_traj, min_len=20, max_len=1000, seed=seed)
     model_cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=context_len, embed_dim=d, n_layer=L, n_head=H)
     return ODTTrainer(model_cfg, OptimConfig(batch_size=batch_size), TrajectoryReplayBuffer(len(trajs), trajs), seed=seed,
-                      device=device)
+                      device=device, cuda_graph=cuda_graph)
 
 
 def bare_step_fn(trainer: ODTTrainer):

@@ -1,17 +1,20 @@
 """The learner of both phases: model, LAMB and its schedule, the temperature, the replay buffer, RNGs.
 
-Read `update` top to bottom for one gradient step: sample segments, NLL minus
-lambda * entropy for the policy (LAMB, warmup, gradient clipping), then the dual step on
-log lambda (Adam). When to update, explore, evaluate and checkpoint is the loops' business
-(odt/loops.py).
+Read `_step` top to bottom for one gradient step: NLL minus lambda * entropy for the
+policy (LAMB, warmup, gradient clipping), then the dual step on log lambda (Adam); `update`
+samples the segments it learns from. On CUDA the whole step replays from one captured CUDA
+graph (`CudaGraphUpdate`). When to update, explore, evaluate and checkpoint is the loops'
+business (odt/loops.py).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +28,11 @@ from odt.config import EvalConfig, FinetuneConfig, OptimConfig
 from odt.evaluation import RolloutResult, eval_seeds, evaluate, rollout, score
 from odt.losses import TanhNormal, deterministic_loss, policy_loss, temperature_loss
 from odt.model import DecisionTransformer, ModelConfig
+from odt.optim import Lamb as CapturableLamb
+from odt.optim import LinearWarmup
 from odt.replay import Batch, TrajectoryReplayBuffer
+
+GRAPH_WARMUP = 3  # eager updates of a new batch shape before its capture (PyTorch's recipe warms up 3)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -35,6 +42,55 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device: auto or cpu")
     return torch.device(name)
+
+
+@dataclass
+class StagedBatch:
+    """A batch in one float32 tensor (B, K, obs | act | rtg | timestep | mask), on its way to the device.
+
+    On CUDA it was copied from pinned memory on a side stream (non-blocking): `ready` marks
+    the copy's end, and `packed()` makes the stream that uses it wait for that, not the host.
+    """
+
+    tensor: torch.Tensor
+    padded: bool  # decided on the host: no device sync
+    ready: "torch.cuda.Event | None" = None
+
+    def packed(self) -> torch.Tensor:
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.tensor.device)
+            stream.wait_event(self.ready)
+            self.tensor.record_stream(stream)  # allocated on the copy stream, used on this one
+        return self.tensor
+
+
+class CudaGraphUpdate:
+    """The whole update (forward, policy loss, backward, clipping, LAMB, warmup, temperature step)
+    for one batch shape, captured once as a CUDA graph: the rollout graph's design
+    (odt.evaluation.CudaGraphPolicy) for training.
+
+    Launched op by op from Python, an update of the paper's model is about 450 kernels and the
+    GPU waits for the host most of the step (49 updates/s on an H200, the GPU busy about 2.5 ms
+    of 14-18 ms). Replaying the graph launches them in one call. The batch is copied into a
+    static buffer; the padded-mask path is always taken (a mask of ones is the unpadded case).
+    Everything else the step reads and writes lives on the device and is used in place:
+    parameters and gradients, LAMB's moments, step count and learning rate, the warmup's step
+    count, log lambda and its Adam state. Python numbers (weight decay, the temperature's
+    learning rate, base rate and warmup length, the clip norm, beta) are baked in: the trainer
+    captures again after `use()` or a state load. The returned metrics are static tensors,
+    overwritten by the next replay.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor], dict[str, torch.Tensor]], packed: torch.Tensor):
+        self.packed = packed.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.metrics = step(self.packed)
+
+    def __call__(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.packed.copy_(packed)
+        self.graph.replay()
+        return self.metrics
 
 
 class ODTTrainer:
@@ -49,10 +105,21 @@ class ODTTrainer:
         task: str | None = None,
         state_mean: np.ndarray | None = None,
         state_std: np.ndarray | None = None,
+        cuda_graph: bool | None = None,
     ):
-        """`task` (a D4RL name) makes evaluations report D4RL-normalized returns beside raw ones."""
+        """`task` (a D4RL name) makes evaluations report D4RL-normalized returns beside raw ones.
+
+        `cuda_graph`: replay each update from a captured CUDA graph, with the multi-tensor LAMB
+        and the learning rate on the device that capture needs (odt.optim); None: on CUDA.
+        False: eager kernels with pytorch-optimizer's Lamb and LambdaLR (always so on the CPU
+        by default). True on a CPU runs the capturable optimiser eagerly after a failed capture.
+        """
         self.model_cfg, self.optim, self.buffer, self.task = model_cfg, optim, buffer, task
         self.device = resolve_device(device)
+        # the capturable LAMB has pytorch-optimizer's default rule only: AdamW (DT) and LAMB with its decay
+        # before the trust ratio run eagerly
+        capturable = optim.optimizer == "lamb" and optim.decoupled_weight_decay
+        self.cuda_graph = capturable and (self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph))
         self.seed = int(seed)
         torch.manual_seed(self.seed)
         self.rng = np.random.default_rng(self.seed)
@@ -63,23 +130,35 @@ class ODTTrainer:
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if optim.optimizer == "lamb":
-            self.optimizer = Lamb(groups, lr=optim.learning_rate, weight_decouple=optim.decoupled_weight_decay)
+        if self.cuda_graph:  # the same rule, with its step count and learning rate on the device
+            self.optimizer = CapturableLamb(groups, lr=optim.learning_rate)
+            self.scheduler = LinearWarmup(self.optimizer, lambda: self.optim.warmup_steps)
         else:
-            self.optimizer = torch.optim.AdamW(groups, lr=optim.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._warmup)
+            if optim.optimizer == "lamb":
+                self.optimizer = Lamb(groups, lr=optim.learning_rate, weight_decouple=optim.decoupled_weight_decay)
+            else:
+                self.optimizer = torch.optim.AdamW(groups, lr=optim.learning_rate)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._warmup)
 
         # lambda, the dual variable of the entropy constraint, learned as log lambda
         self.log_temperature = torch.tensor(math.log(optim.init_temperature), device=self.device, requires_grad=True)
-        # one scalar: on CUDA the fused kernel is one launch instead of a dozen
+        # one scalar: on CUDA the fused kernel is one launch instead of a dozen, and capturable
+        cuda = self.device.type == "cuda"
         self.temperature_optimizer = torch.optim.Adam([self.log_temperature], lr=optim.temperature_lr, betas=(0.9, 0.999),
-                                                      fused=self.device.type == "cuda")
+                                                      fused=cuda, capturable=cuda)
 
         if state_mean is None or state_std is None:  # normalise with the offline data
             state_mean = buffer.observations.mean(axis=0)
             state_std = buffer.observations.std(axis=0) + 1e-6
         self._set_normaliser(state_mean, state_std)
         self.num_updates = 0
+        # the update's CUDA graph: captured after GRAPH_WARMUP eager updates of its batch shape
+        self._graph: CudaGraphUpdate | None | bool = None  # False: capture failed, eager
+        self._graph_key: tuple | None = None
+        self._warmups_left = GRAPH_WARMUP
+        # a stream for batch copies and one for the eager warm-up updates
+        self._streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)) \
+            if self.cuda_graph and cuda else None
 
     def _warmup(self, step: int) -> float:
         """The learning-rate factor after `step` scheduler steps: linear up to warmup_steps, then 1."""
@@ -118,12 +197,49 @@ class ODTTrainer:
             "mask": mask,
         }
 
-    def update(self) -> dict[str, torch.Tensor]:
-        """One update of theta and one of lambda; metrics stay on the device (no sync)."""
-        batch = self._to_device(self.buffer.sample(self.optim.batch_size, self.model_cfg.context_len, self.rng))
+    def _sample(self) -> Batch:
+        return self.buffer.sample(self.optim.batch_size, self.model_cfg.context_len, self.rng)
+
+    def _stage(self, batch: Batch) -> dict[str, torch.Tensor | None] | StagedBatch:
+        """The batch on its way to the device. Without the graph, `_to_device`. With it, one
+        packed tensor; on CUDA copied from pinned memory on a side stream, so that the copy
+        runs while the device still computes the update before."""
+        if not self.cuda_graph:
+            return self._to_device(batch)
+        B, K, o = batch.states.shape
+        a = batch.actions.shape[-1]
+        cuda = self.device.type == "cuda"
+        host = torch.empty((B, K, o + a + 3), dtype=torch.float32, pin_memory=cuda)
+        for dst, src in ((host[..., :o], batch.states), (host[..., o:o + a], batch.actions),
+                         (host[..., -3], batch.returns_to_go), (host[..., -1], batch.mask),
+                         (host[..., -2], np.minimum(batch.timesteps, self.model_cfg.max_ep_len - 1))):  # exact < 2^24
+            dst.copy_(torch.from_numpy(src))
+        if not cuda:
+            return StagedBatch(host, batch.padded)
+        copy_stream = self._streams[0]
+        with torch.cuda.stream(copy_stream):
+            packed = host.to(self.device, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(copy_stream)
+        return StagedBatch(packed, batch.padded, ready)
+
+    def _unpack(self, packed: torch.Tensor, padded: bool) -> dict[str, torch.Tensor | None]:
+        """`_to_device`'s tensors from a packed batch, on the device (the same values)."""
+        o, a = self.model_cfg.state_dim, self.model_cfg.act_dim
+        return {
+            "states": (packed[..., :o] - self._mean_t) / self._std_t,
+            "actions": packed[..., o:o + a].contiguous(),
+            "returns_to_go": packed[..., -3] * self.model_cfg.reward_scale,
+            "timesteps": packed[..., -2].long(),
+            "mask": packed[..., -1].contiguous() if padded else None,
+        }
+
+    def _step(self, batch: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """Algorithm 2, lines 5-9, on a batch on the device: what the CUDA graph holds."""
         actions, mask = batch["actions"], batch["mask"]
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda",
+                            cache_enabled=not self.cuda_graph):  # the autocast cache is not capturable
             mean, log_std = self.model(
                 batch["states"], actions, batch["returns_to_go"], batch["timesteps"], mask
             )
@@ -154,7 +270,6 @@ class ODTTrainer:
                 "temperature_loss": t_loss.detach(),
             }
         metrics |= self._health(mean.detach().float(), None if log_std is None else log_std.detach().float(), actions, mask)
-        self.num_updates += 1
         return metrics
 
     @torch.no_grad()
@@ -169,18 +284,74 @@ class ODTTrainer:
         if log_std is not None:
             per_dim = (log_std * weight).sum((0, 1))  # (act_dim,): mean log-std of each action dim
             out |= {"log_std_mean": per_dim.mean(), "log_std_min": per_dim.min()}
-        ratios = [s["trust_ratio"] for s in self.optimizer.state.values() if "trust_ratio" in s]
-        if ratios:
-            r = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=mean.device) for x in ratios])
-            out |= {"trust_ratio_min": r.min(), "trust_ratio_median": r.median(), "trust_ratio_max": r.max()}
+        if isinstance(self.optimizer, CapturableLamb):
+            ratios = self.optimizer.trust_ratios
+        else:  # pytorch-optimizer's Lamb keeps each tensor's last ratio in its state
+            found = [s["trust_ratio"] for s in self.optimizer.state.values() if "trust_ratio" in s]
+            ratios = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=mean.device) for x in found]) \
+                if found else None
+        if ratios is not None:
+            out |= {"trust_ratio_min": ratios.min(), "trust_ratio_median": ratios.median(), "trust_ratio_max": ratios.max()}
         return out
 
+    def _update(self, batch: dict[str, torch.Tensor | None] | StagedBatch) -> dict[str, torch.Tensor]:
+        """One update from a staged batch; from a graph, the metrics are valid until the next update."""
+        metrics = self._step(batch) if not self.cuda_graph else self._graphed_update(batch)
+        self.num_updates += 1
+        return metrics
+
+    def _graphed_update(self, staged: StagedBatch) -> dict[str, torch.Tensor]:
+        """GRAPH_WARMUP eager updates of a batch shape, its capture, then replays (eager for good if capture fails)."""
+        packed = staged.packed()
+        key = tuple(packed.shape)
+        if key != self._graph_key:  # a new shape, or the graph's baked-in values changed: warm up, capture
+            self._graph, self._graph_key, self._warmups_left = None, key, GRAPH_WARMUP
+        if self._graph is None and self._warmups_left == 0:
+            try:
+                self._graph = CudaGraphUpdate(lambda p: self._step(self._unpack(p, padded=True)), packed)
+            except RuntimeError as err:  # a kernel that cannot be captured here: run eagerly, say so once
+                warnings.warn(f"CUDA graph capture of the update failed ({err}); updates run eagerly", stacklevel=4)
+                self._graph = False
+        if self._graph:
+            return self._graph(packed)
+        if self._graph is None:
+            self._warmups_left -= 1
+        if self._graph is False or self._streams is None:  # capture failed (or a CPU): eager
+            return self._step(self._unpack(packed, staged.padded))
+        # a warm-up update: on a side stream, as PyTorch's capture recipe has it
+        side, current = self._streams[1], torch.cuda.current_stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            packed.record_stream(side)
+            metrics = self._step(self._unpack(packed, staged.padded))
+        current.wait_stream(side)
+        return metrics
+
+    @property
+    def graphed(self) -> bool:
+        """Whether updates replay a captured CUDA graph (after the warm-up of the batch shape)."""
+        return bool(self._graph)
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """One update of theta and one of lambda; metrics stay on the device (no sync)."""
+        metrics = self._update(self._stage(self._sample()))
+        return {k: v.clone() for k, v in metrics.items()} if self.graphed else metrics  # a graph's are static
+
     def train_updates(self, n: int, *, progress: bool = False, desc: str = "updates") -> dict[str, float]:
-        """`n` updates; returns the metrics averaged over them (one host sync at the end)."""
+        """`n` updates; returns the metrics averaged over them (one host sync at the end).
+
+        One batch ahead: batch k + 1 is sampled and sent after update k is queued, so on a GPU
+        the host's share runs while the device computes. The numpy stream (sampling) and the
+        torch stream (dropout, rsample) are separate, so the numbers are those of update() n times.
+        """
         sums: dict[str, torch.Tensor] = {}
-        for _ in tqdm(range(n), desc=desc, disable=not progress, leave=False, mininterval=1.0):
-            for k, v in self.update().items():
-                sums[k] = sums[k] + v if k in sums else v
+        batch = self._stage(self._sample()) if n else None
+        for i in tqdm(range(n), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+            metrics = self._update(batch)
+            if i + 1 < n:
+                batch = self._stage(self._sample())
+            for k, v in metrics.items():  # a graph's metrics are overwritten by its next replay: clone the first
+                sums[k] = sums[k] + v if k in sums else v.clone()
         out = {k: float(v) / n for k, v in sums.items()} if n else {}
         out["learning_rate"] = self.scheduler.get_last_lr()[0]
         return out
@@ -214,11 +385,15 @@ class ODTTrainer:
         self.optimizer.param_groups[0]["weight_decay"] = optim.weight_decay  # group 1 (biases, norms) stays 0
         factor = self._warmup(self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = optim.learning_rate * factor
-            if "weight_decouple" in group:  # LAMB
+            if torch.is_tensor(group["lr"]):  # odt.optim.Lamb: in place, where the update graph reads it
+                group["lr"].fill_(optim.learning_rate * factor)
+            else:
+                group["lr"] = optim.learning_rate * factor
+            if "weight_decouple" in group:  # pytorch-optimizer's LAMB
                 group["weight_decouple"] = optim.decoupled_weight_decay
         for group in self.temperature_optimizer.param_groups:
             group["lr"] = optim.temperature_lr
+        self._graph = self._graph_key = None  # the graph holds the old values: capture again
 
     def reseed(self, seed: int) -> None:
         """Fresh training RNG streams (numpy and torch) and evaluation seeds for `seed`."""
@@ -231,7 +406,7 @@ class ODTTrainer:
 
         Through the state dict: optimisers drop their own attributes when deep-copied whole.
         """
-        return ODTTrainer.from_state(copy.deepcopy(self.state_dict()), device=self.device)
+        return ODTTrainer.from_state(copy.deepcopy(self.state_dict()), device=self.device, cuda_graph=self.cuda_graph)
 
     # checkpoints -------------------------------------------------------------------------
     def state_dict(self, *, buffer: bool = True) -> dict[str, Any]:
@@ -275,13 +450,15 @@ class ODTTrainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.num_updates = int(state["num_updates"])
+        self._graph = self._graph_key = None  # new optimiser state tensors: capture again
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
-                   data: Sequence[Trajectory] | None = None) -> "ODTTrainer":
+                   data: Sequence[Trajectory] | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
         """Rebuild a trainer from `state_dict()`; `optim` switches to another phase's values (see `use`).
 
         A state saved without its buffer (a pretraining checkpoint) takes `data`, the offline trajectories.
+        The state loads whichever LAMB either side uses (their state dicts share one layout).
         """
         if "buffer" in state:
             buffer = _buffer_from_state(state)
@@ -292,7 +469,8 @@ class ODTTrainer:
                              "the offline trajectories it was trained on")
         trainer = cls(ModelConfig(**state["model_config"]), OptimConfig(**state["optim"]), buffer,
                       seed=state["seed"], device=device, task=state["task"],
-                      state_mean=state["state_mean"].numpy(), state_std=state["state_std"].numpy())
+                      state_mean=state["state_mean"].numpy(), state_std=state["state_std"].numpy(),
+                      cuda_graph=cuda_graph)
         trainer.load_state_dict(state)
         if optim is not None:
             trainer.use(optim)
@@ -303,9 +481,10 @@ class ODTTrainer:
 
     @classmethod
     def load(cls, path: str | Path, *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
-             data: Sequence[Trajectory] | None = None) -> "ODTTrainer":
+             data: Sequence[Trajectory] | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
         """The trainer in a checkpoint written by `save` or by a loop of odt/loops.py (see `from_state`)."""
-        return cls.from_state(load_checkpoint(path)["trainer"], optim=optim, device=device, data=data)
+        return cls.from_state(load_checkpoint(path)["trainer"], optim=optim, device=device, data=data,
+                              cuda_graph=cuda_graph)
 
     def save_policy(self, path: str | Path, cfg: EvalConfig | None = None) -> Path:
         """Weights and what inference needs (and how to score it, given `cfg`), without optimiser or buffer."""

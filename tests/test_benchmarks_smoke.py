@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import e2e, gpu, memory, mlflow_logging, online, rollout, run, sampler, update
+from benchmarks import e2e, gpu, memory, mlflow_logging, online, rollout, run, sampler, threads, update
 from benchmarks.common import Result, synthetic_trajectories
 from odt.replay import TrajectoryReplayBuffer
 
@@ -85,16 +85,36 @@ def test_online_benchmark_measures_every_algorithm():
 
 
 def test_gpu_benchmark_says_when_there_is_no_gpu():
-    r = gpu.run(updates=1, warmup=0, configs=((16, 1, 1),), batch_size=4, context_len=3, ratio_repeats=1)
+    r = gpu.run(updates=1, warmup=0, configs=((16, 1, 1),), batch_size=4, context_len=3, ratio_repeats=1,
+                seeds=(1, 2), seed_config=(16, 1, 1), seconds=0.5, chunk=2, rounds=1)
     if r.skipped is not None:
         assert "no GPU found" in r.skipped and not r.figures
-    else:
-        check(r, "gpu", 3)  # updates/s, peak memory, update/bare ratio
+    else:  # eager and captured updates/s, their ratio and memory; update/bare; round shares; 2 x 2 seed sharing
+        check(r, "gpu", 5 + 1 + 3 + 4)
+        assert "capture FAILED" not in " ".join(f.name for f in r.figures)
+        assert not [n for n in r.notes if "FAILED" in n] and any("paper profile" in n for n in r.notes)
     r = rollout.run(num_envs=(2,), steps=3, repeats=1, model=dict(embed_dim=16, n_layer=1, n_head=1), device="cuda")
     if r.skipped is not None:
         assert "no GPU found" in r.skipped and not r.figures
     else:
         check(r, "rollout_gpu", 4)  # explore, eval, eval without graph, ceiling
+
+
+def test_threads_benchmark():
+    r = threads.run(configs=("quick",), updates=2, repeats=1, transitions=2_000)
+    if r.skipped is not None:
+        assert "one core" in r.skipped
+    else:
+        check(r, "threads", 2)  # idle and loaded ratios
+        assert {(row["machine"], row["threads"]) for row in r.rows} >= {("idle", 1), ("loaded", 1)}
+
+
+def test_paper_profile_hours_from_rates():
+    """10 tasks: 74k pretraining updates; 10 x 10 seeds x 300 updates x 200 rounds of full 1000-step episodes."""
+    pre, fine, total = gpu.paper_profile_hours(49.0, 1000.0)
+    assert pre == pytest.approx(74_000 / 49 / 3600)
+    assert fine == pytest.approx(10 * 10 * 300 * 200 / 1000 / 3600)
+    assert total == pytest.approx(pre + fine)
 
 
 def test_update_loop_makes_no_host_sync_and_the_guard_can_fail():

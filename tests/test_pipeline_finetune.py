@@ -181,3 +181,26 @@ def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
     assert threads == {1} and 1 <= len(pids) <= min(2, parallel.available_cores())  # n_jobs 2 in the tiny profile
     if parallel.available_cores() >= 2:  # on one core the seeds run in this process, one after another
         assert os.getpid() not in pids
+
+
+@pytest.mark.slow
+def test_each_seed_sharing_the_machine_gives_the_numbers_it_gives_alone(pretrained, baseline, tmp_path):
+    """The baseline ran 4 seeds on 2 loky workers (two at once, two one after the other in each
+    process); seed 3 run alone here, in this process, gives the same numbers, bit for bit."""
+    import torch
+
+    from pipeline.params import phase_config
+
+    root = stage_inputs(tmp_path / "alone", pretrained)
+    params, plans = load_params(root / "params.yaml")
+    plan = plans[TASK]
+    cfg, hparams = phase_config(plan, params, "finetune", root=root)
+    seed_dir = tmp_path / "seed_3"
+    seed_dir.mkdir()
+    torch.set_num_threads(1)  # what a worker sets: parallel.threads_per_worker's default
+    result = finetune.finetune_seed(plan, params, cfg, hparams, 3, seed_dir, None, root=root)
+    result = json.loads(json.dumps(result))  # as result.json holds it
+    result.pop("wall_time")
+    assert len({w["pid"] for w in baseline["workers"]}) >= min(2, parallel.available_cores())
+    assert result == baseline["results"][3]["result"]
+    assert (seed_dir / "curve.csv").read_text() == baseline["results"][3]["curve"]
