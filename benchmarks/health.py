@@ -27,7 +27,7 @@ BASE_TRAIN = dict(pretrain_updates=5000, batch_size=64, learning_rate=5e-4, weig
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "baseline (cpu profile)": ({}, {}),
     "lr 2e-4": ({}, {"learning_rate": 2e-4}),
-    "lr 1e-4 (paper, hopper)": ({}, {"learning_rate": 1e-4}),
+    "lr 1e-4 (the paper's hopper)": ({}, {"learning_rate": 1e-4}),
     "weight decay 0": ({}, {"weight_decay": 0.0}),
     "weight decay 5e-3": ({}, {"weight_decay": 5e-3}),
     "LAMB decay before trust ratio": ({}, {"decoupled_weight_decay": False}),

@@ -34,14 +34,31 @@ EnvFn = Callable[[], gym.Env]
 class Run:
     """What a loop leaves: the trainer, its evaluations in order (the last is the final score), wall time."""
 
-    trainer: ODTTrainer
-    evaluations: list[dict[str, float]]  # pretraining: {"updates", eval_*}; finetuning: {"round", "online_samples", eval_*}
+    trainer: Any  # ODTTrainer; a baseline's learner for odt.baselines
+    evaluations: list[dict[str, float]]  # pretraining: {"updates", eval_*}; online: {"online_samples", eval_*, ...}
     wall_time: float  # seconds, summed over every resumed piece
-    offline: dict[str, float] | None = None  # finetuning: the pretrained policy's score (eval_* keys)
+    offline: dict[str, float] | None = None  # an online run's starting policy, scored (eval_* keys)
+    online: bool = True  # False: an offline run (pretraining), whose final evaluation is its offline score
 
     @property
     def final(self) -> dict[str, float]:
         return self.evaluations[-1]
+
+    def scores(self) -> dict[str, float]:
+        """The scores a results table reads: offline_* (the policy before any online sample: pretraining's final
+        one, or an online run's start), online_* (after the online budget), best_* (the best on the way)."""
+        def scored(prefix: str, e: dict[str, float]) -> dict[str, float]:
+            keys = ("normalized", "normalized_std", "return", "return_std", "length", "length_std")
+            return {f"{prefix}_{k}": e[f"eval_{k}"] for k in keys if f"eval_{k}" in e}
+
+        start = self.offline if self.online else self.final
+        out = scored("offline", start) if start is not None else {}
+        if self.online:
+            out |= scored("online", self.final) | {"online_samples": self.final["online_samples"]}
+        best = max(self.evaluations, key=lambda e: e.get("eval_normalized", e["eval_return"]))
+        at = "updates" if "updates" in best else "online_samples"
+        return out | {k.replace("offline", "best"): v for k, v in scored("offline", best).items() if "std" not in k} | {
+            f"best_{at}": best[at], "wall_time": self.wall_time}
 
 
 def pretrain(
@@ -91,7 +108,7 @@ def pretrain(
             if last or step % cfg.checkpoint_every == 0:  # the buffer is the offline data: not copied
                 _save(checkpoint, trainer, buffer=False, evaluations=evaluations, wall_time=time.perf_counter() - start)
     envs.close()
-    return Run(trainer, evaluations, time.perf_counter() - start)
+    return Run(trainer, evaluations, time.perf_counter() - start, online=False)
 
 
 def finetune(

@@ -24,7 +24,6 @@ from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
 FILES = ("policy.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/finetune/seed_<k>/
-SUMMARY = ("offline_normalized", "offline_normalized_std", "online_normalized", "online_normalized_std")
 
 
 def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], seed: int, seed_dir: Path, logger,
@@ -40,14 +39,8 @@ def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], 
     run.trainer.save_policy(seed_dir / "policy.pt", cfg)
     curves.write_csv(seed_dir / "curve.csv", run.evaluations, curves.COLUMNS)
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
-    off, final = run.offline, run.final
-    print(f"finetune {plan.name} seed {seed}: offline {off['eval_normalized']:.2f} -> online "
-          f"{final['eval_normalized']:.2f} ({final['online_samples']} samples, {run.wall_time:.0f} s)", flush=True)
-    return {"task": plan.name, "seed": seed, "offline_normalized": off["eval_normalized"],
-            "offline_normalized_std": off["eval_normalized_std"], "offline_return": off["eval_return"],
-            "online_normalized": final["eval_normalized"], "online_normalized_std": final["eval_normalized_std"],
-            "online_return": final["eval_return"], "online_samples": final["online_samples"], "rounds": final["round"],
-            "num_updates": run.trainer.num_updates, "wall_time": run.wall_time, "hparams": hparams}
+    return {"task": plan.name, "seed": seed, **run.scores(), "rounds": run.final["round"],
+            "num_updates": run.trainer.num_updates, "hparams": hparams}
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
@@ -66,7 +59,7 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
     job = functools.partial(finetune_seed, plan, params, cfg, hparams, root=root)
     out = paths.run_dir(root, plan.name, "finetune")
     results, how = seeds.run("finetune", plan, params, root=root, key=caching.finetune_key(plan, params, cfg, checkpoints, root),
-                             job=job, out=out, files=FILES, summary_keys=SUMMARY, track=track,
+                             job=job, out=out, files=FILES, track=track,
                              tags={"hparams_source": hparams["source"]}, **parallel)
     summary = {"task": plan.name, **curves.summarize(results), "online_samples": cfg.online_samples,
                "hparams": results[0]["hparams"]}

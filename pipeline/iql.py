@@ -19,7 +19,6 @@ from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
-SUMMARY = ("offline_normalized", "online_normalized", "online_normalized_std")
 CURVE = ["online_samples", *curves.SCORES]
 
 
@@ -32,13 +31,7 @@ def iql_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, 
               checkpoint=seed_dir / "state.pt", progress=False)
     curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
     (seed_dir / "state.pt").unlink()  # the replay buffer makes it large
-    off, final = run.offline, run.final
-    print(f"iql {plan.name} seed {seed}: offline {off['eval_normalized']:.2f} -> online {final['eval_normalized']:.2f} "
-          f"({run.wall_time:.0f} s)", flush=True)
-    return {"task": plan.name, "seed": seed, "offline_normalized": off["eval_normalized"],
-            "offline_normalized_std": off["eval_normalized_std"], "online_normalized": final["eval_normalized"],
-            "online_normalized_std": final["eval_normalized_std"], "online_samples": final["online_samples"],
-            "num_updates": run.trainer.updates, "wall_time": run.wall_time}
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.updates}
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
@@ -52,7 +45,7 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
            "data_sha256": caching.file_sha(data), "code_sha256": caching.code_sha()}
     out = paths.run_dir(root, plan.name, "iql")
     results, how = seeds.run("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
-                             out=out, files=FILES, summary_keys=SUMMARY, track=track, **parallel)
+                             out=out, files=FILES, track=track, **parallel)
     summary = {"task": plan.name, **curves.summarize(results), "online_samples": plan.iql.online_samples}
     seeds.finish(how, summary, out.parent / "iql.json", step=plan.iql.online_samples)
     return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}

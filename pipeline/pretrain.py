@@ -20,7 +20,6 @@ from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
 FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/pretrain/seed_<k>/
-SUMMARY = ("offline_normalized", "offline_normalized_std", "best_normalized")
 CURVE = ["updates", *curves.SCORES]
 
 
@@ -28,7 +27,7 @@ def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, A
                   *, root: Path) -> dict[str, Any]:
     """Pretrain `model` with `cfg` and `seed` (or resume) in `seed_dir`; leaves checkpoint.pt and curve.csv there.
 
-    The result: the final evaluation (the offline score) and the best evaluation on the way.
+    The result: the final evaluation (the offline score) and the best one on the way (odt.loops.Run.scores).
     """
     from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.loops import pretrain  # noqa: PLC0415
@@ -37,14 +36,7 @@ def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, A
     run = pretrain(data, model, cfg, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
                    checkpoint=seed_dir / "checkpoint.pt", progress=False)
     curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
-    final, best = run.final, max(run.evaluations, key=lambda e: e["eval_normalized"])
-    print(f"{plan.name} seed {seed}: {final['eval_normalized']:.2f} after {run.trainer.num_updates} updates "
-          f"(best {best['eval_normalized']:.2f} at {best['updates']}; {run.wall_time:.0f} s)", flush=True)
-    return {"task": plan.name, "seed": seed, "offline_normalized": final["eval_normalized"],
-            "offline_normalized_std": final["eval_normalized_std"], "offline_return": final["eval_return"],
-            "best_normalized": best["eval_normalized"], "best_updates": best["updates"],
-            "num_updates": run.trainer.num_updates, "episodes": cfg.eval_episodes, "g_eval": cfg.g_eval,
-            "eval_context_len": cfg.eval_context_len, "wall_time": run.wall_time, **extra}
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.num_updates, **extra}
 
 
 def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Path, track: bool, hparams: dict,
@@ -56,7 +48,7 @@ def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Pa
     key = caching.pretrain_key(name, plan, params, model, cfg, data)
     out = paths.run_dir(root, plan.name, name)
     job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root)
-    results, how = seeds.run(name, plan, params, root=root, key=key, job=job, out=out, files=FILES, summary_keys=SUMMARY,
+    results, how = seeds.run(name, plan, params, root=root, key=key, job=job, out=out, files=FILES,
                              track=track, tags={"hparams_source": hparams["source"]}, **parallel)
     best = [r["best_normalized"] for r in results]
     summary = {"task": plan.name, **curves.summarize(results), "best_mean": sum(best) / len(best),

@@ -19,7 +19,6 @@ from pipeline import caching, curves, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
-SUMMARY = ("online_normalized", "online_normalized_std")
 CURVE = ["online_samples", *curves.SCORES]
 
 
@@ -30,12 +29,7 @@ def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, 
               checkpoint=seed_dir / "state.pt", progress=False)
     curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
     (seed_dir / "state.pt").unlink()
-    final = run.final
-    print(f"sac {plan.name} seed {seed}: {final['eval_normalized']:.2f} after {final['online_samples']} samples "
-          f"({run.wall_time:.0f} s)", flush=True)
-    return {"task": plan.name, "seed": seed, "online_normalized": final["eval_normalized"],
-            "online_normalized_std": final["eval_normalized_std"], "online_samples": final["online_samples"],
-            "num_updates": run.trainer._n_updates, "wall_time": run.wall_time}
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer._n_updates}
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
@@ -46,7 +40,7 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
            "code_sha256": caching.code_sha()}
     out = paths.run_dir(root, plan.name, "sac")
     results, how = seeds.run("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
-                             out=out, files=FILES, summary_keys=SUMMARY, track=track, **parallel)
+                             out=out, files=FILES, track=track, **parallel)
     summary = {"task": plan.name, **curves.summarize(results), "online_samples": plan.sac.online_samples}
     seeds.finish(how, summary, out.parent / "sac.json", step=plan.sac.online_samples)
     return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}

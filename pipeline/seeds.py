@@ -24,8 +24,8 @@ class SeedsFailed(RuntimeError):
     pass
 
 
-def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None,
-          summary_keys: tuple[str, ...], files: tuple[str, ...], root: Path) -> dict[str, Any]:
+def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None, files: tuple[str, ...],
+          root: Path) -> dict[str, Any]:
     """One seed in a worker process: never raises, so the other seeds finish and keep their results."""
     import torch  # noqa: PLC0415
 
@@ -38,8 +38,11 @@ def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str
         if result is None:
             result = job(seed, seed_dir, None if tracking is None else RunLogger(*tracking))
             write_json(seed_dir / "result.json", result)  # the done marker: written last
+            scores = " -> ".join(f"{p} {result[f'{p}_normalized']:.2f}" for p in ("offline", "online")
+                                 if f"{p}_normalized" in result)
+            print(f"{result['task']} seed {seed}: {scores} ({result['wall_time']:.0f} s)", flush=True)
         if tracking is not None:
-            publish_run(Tracker(root, tracking[0]), tracking[1], seed_dir, result, summary_keys, files)
+            publish_run(Tracker(root, tracking[0]), tracking[1], seed_dir, result, files)
         return {**info, "ok": True, "result": result}
     except Exception as err:  # reported by the stage, naming the seed
         if tracking is not None:
@@ -50,12 +53,12 @@ def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str
         return {**info, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
 
 
-def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], summary_keys: tuple[str, ...],
-                files: tuple[str, ...]) -> None:
-    """A finished seed's summary metrics, files (and its curve as a PNG), then its run marked finished."""
+def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], files: tuple[str, ...]) -> None:
+    """A finished seed's numbers (its scores, counters), files (and its curve as a PNG), then its run marked finished."""
     if tracker.status(run_id) == "FINISHED":
         return
-    tracker.log_metrics(run_id, {k: result[k] for k in summary_keys}, step=result.get("num_updates", 0))
+    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
+    tracker.log_metrics(run_id, numbers, step=result.get("num_updates", 0))
     artifacts = [seed_dir / name for name in files]
     if (seed_dir / "curve.csv").is_file():
         rows = curves.read_csv(seed_dir / "curve.csv")
@@ -68,7 +71,7 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], su
 
 
 def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, out: Path, files: tuple[str, ...],
-        summary_keys: tuple[str, ...], track: bool = True, tags: dict[str, Any] | None = None, backend: str | None = None,
+        track: bool = True, tags: dict[str, Any] | None = None, backend: str | None = None,
         n_jobs: int | None = None, address: str | None = None,
         threads_per_worker: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed end in `out/seed_<k>/`.
@@ -79,13 +82,14 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
     root = Path(root).resolve()  # absolute: a dask or ray worker may run in another directory
     par = params.parallel
     backend, address = backend or par.backend, address or par.address
-    fp = caching.fingerprint(key)
-    work = paths.work_root(root, plan.name) / f"{name}-{fp}"
     seeds = list(range(params.seeds))
-    pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
     # planned for all seeds, not the ones left: a resumed seed runs with the threads it started with
     workers, threads = parallel.plan_workers(n_jobs or par.n_jobs, len(seeds), backend,
                                              threads_per_worker or par.threads_per_worker)
+    key = {**key, "torch_threads": threads}  # torch's CPU results depend on it
+    fp = caching.fingerprint(key)
+    work = paths.work_root(root, plan.name) / f"{name}-{fp}"
+    pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
     workers = max(1, min(workers, len(pending)))
 
     tracker = parent = None
@@ -103,12 +107,11 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
             children[s], _ = tracker.open(exp, f"{name}:{fp}:seed{s}", f"seed {s}", {**tags, "seed": s},
                                           {**run_params, "seed": s}, parent=parent)
             if s not in pending:  # finished before a crash but not yet published
-                publish_run(tracker, children[s], work / f"seed_{s}", caching.done(work / f"seed_{s}" / "result.json"),
-                            summary_keys, files)
+                publish_run(tracker, children[s], work / f"seed_{s}", caching.done(work / f"seed_{s}" / "result.json"), files)
 
     print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done before); "
           f"{backend}, {workers} workers x {threads} torch threads", flush=True)
-    jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads, summary_keys=summary_keys, files=files,
+    jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads, files=files,
                  tracking=(tracker.uri, children[s]) if track else None, root=root) for s in pending]
     try:
         outcomes = parallel.run_parallel(_seed, jobs, backend=backend, n_jobs=workers, address=address)

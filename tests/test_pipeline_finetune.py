@@ -78,7 +78,7 @@ def finetune_work_dir(plan, params, root: Path) -> Path:
 
     cfg, _ = phase_config(plan, params, "finetune", root=root)
     key = finetune_key(plan, params, cfg, [paths.pretrained(root, TASK, s) for s in range(SEEDS)], root)
-    return paths.work_root(root, TASK) / f"finetune-{fingerprint(key)}"
+    return paths.work_root(root, TASK) / f"finetune-{fingerprint({**key, 'torch_threads': 1})}"  # as pipeline/seeds.py
 
 
 def work_dir(root: Path) -> Path:
