@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["hopper-medium-v2", "hopper-medium-replay-v2"]
 SEEDS = 10
+TUNE_TRIALS = 3
 # what a fresh clone has, plus work in progress; not the outputs of an earlier run here
 SKIP = re.compile(r"^(dvc\.lock|params\.yaml|reports/|mlflow\.db|mlruns/|mlartifacts/)")
 
@@ -66,8 +67,10 @@ def is_png(path: Path) -> bool:
         return img.format == "PNG" and min(img.size) >= 100
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopper_random_hdf5):
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory, hopper_random_hdf5) -> dict:
+    """The tiny profile's first `dvc repro` in a copy of the repository, then a 3-trial pretrain study."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     repo = tmp_path / "repo"
     copy_worktree(repo)
     (repo / ".cache" / "tiny").mkdir(parents=True)
@@ -83,8 +86,28 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)
     commit = sh("git", "rev-parse", "HEAD", cwd=repo, env=env).strip()
-
     out = sh(dvc, "repro", cwd=repo, env=env)
+    # a study in the default storage (sqlite:///optuna.db), tracked in MLflow like the stages
+    sh(sys.executable, "-m", "pipeline.tune", "--task", TASKS[0], "--phase", "pretrain", "--n-trials", str(TUNE_TRIALS),
+       cwd=repo, env=env)
+    return {"tmp": tmp_path, "repo": repo, "uri": uri, "env": env, "dvc": dvc, "commit": commit, "out": out}
+
+
+@pytest.mark.slow
+def test_dashboards_show_the_runs_the_study_and_the_curves_in_a_browser(repro, tmp_path):
+    """`mlflow ui`, `optuna-dashboard` and `dvc plots show` served on 127.0.0.1, each page rendered in Chromium."""
+    from browser import check_all
+
+    found = check_all(repro["repo"], repro["uri"], TASKS, [f"{TASKS[0]}-pretrain"], tmp_path / "logs",
+                      shots=tmp_path / "shots")
+    assert {t: f["seeds"] for t, f in found.items()} == {t: SEEDS for t in TASKS}
+    for name in ("mlflow-experiments", "mlflow-runs", "optuna-dashboard", "dvc-plots"):
+        assert is_png(tmp_path / "shots" / f"{name}.png")
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
+    repo, uri, env, dvc, commit, out = (repro[k] for k in ("repo", "uri", "env", "dvc", "commit", "out"))
     assert stages_run(out) == {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune") for t in TASKS} | {"report"}
     assert (repo / "dvc.lock").is_file()
 
@@ -139,9 +162,11 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
         by_stage = {}
         for r in all_runs:
             by_stage.setdefault(r.data.tags["dvc_stage"], []).append(r)
-            assert r.info.status == "FINISHED"
+            pruned = r.data.tags.get("optuna.state") == "PRUNED"  # a pruned trial's run ends KILLED
+            assert r.info.status == ("KILLED" if pruned else "FINISHED")
             assert (r.data.tags["profile"], r.data.tags["task"], r.data.tags["git_commit"]) == ("tiny", task, commit)
-        assert {k: len(v) for k, v in by_stage.items()} == {f"pretrain@{task}": 1, f"finetune@{task}": 1 + SEEDS}
+        tuned = {f"tune-pretrain@{task}": 1 + TUNE_TRIALS} if task == TASKS[0] else {}
+        assert {k: len(v) for k, v in by_stage.items()} == {f"pretrain@{task}": 1, f"finetune@{task}": 1 + SEEDS, **tuned}
         pre = by_stage[f"pretrain@{task}"][0]
         assert {"loss", "nll", "entropy", "temperature", "pretrained_normalized_mean", "wall_time"} <= set(pre.data.metrics)
         assert pre.data.params["train.pretrain_updates"] == "20"
