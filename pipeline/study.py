@@ -181,7 +181,7 @@ def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, bud
     return study
 
 
-def describe(optuna_study, task: str, phase: str, budget: int) -> None:
+def annotate(optuna_study, task: str, phase: str, budget: int) -> None:
     """What optuna-dashboard shows beside the trials: task, phase, budget and the objective's name."""
     unit = "updates" if phase == "pretrain" else "online samples"
     attrs = {"odt.task": task, "odt.phase": phase, "odt.budget": f"{budget} {unit}"}

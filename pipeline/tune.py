@@ -128,7 +128,7 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, label = study.open_storage(storage or tune.storage, root, heartbeat=heartbeat, grace=grace)
     optuna_study = study.load_study(name, store, label, tune, phase, budget, eval_every)
-    study.describe(optuna_study, plan.name, phase, budget)
+    study.annotate(optuna_study, plan.name, phase, budget)
     dead = study.fail_dead_trials(optuna_study)
     if dead:
         print(f"tune {plan.name} {phase}: trials {dead} lost their worker and are marked FAIL", flush=True)

@@ -282,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--tune-trials", type=int, default=10)
     args = ap.parse_args(argv)
-    from test_pipeline_e2e import copy_worktree, pipeline_env, sh
+    from test_pipeline_e2e import copy_worktree, pipeline_env
+
+    def sh(*cmd: str, cwd: Path, env: dict[str, str]) -> str:  # no time limit: the quick profile takes minutes
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
 
     with tempfile.TemporaryDirectory(prefix="odt-screens-") as tmp:
         repo, logs = Path(tmp) / "repo", Path(tmp) / "logs"

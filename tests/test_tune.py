@@ -208,6 +208,8 @@ def test_bad_ranges_storage_and_changed_search_space_are_one_line_errors(tmp_pat
     assert time.monotonic() - start < 60  # a connect timeout, not a hang (generous: a loaded machine)
     code, err = cli("--storage", "nonsense://x")
     assert code == 2 and "not a storage URL" in err
+    code, err = cli("--heartbeat", "5", "--grace", "5")
+    assert code == 2 and "--grace (5 s) must be longer than --heartbeat (5 s)" in err
 
     code = tune.main(["--task", TASK, "--phase", "pretrain", "--params", str(tmp_path / "params.yaml"),
                       "--root", str(tmp_path), "--no-track", "--n-trials", "1", "--storage", "journal:s.log"])
