@@ -50,6 +50,7 @@ def render(url: str, *, shot: Path | None = None, size: tuple[int, int] = (1600,
                 f"--virtual-time-budget={budget_ms}"]
         dom = _chromium([*base, "--dump-dom", url], timeout)
         if shot is not None:
+            shot = Path(shot).resolve()  # chromium runs in its profile directory
             shot.parent.mkdir(parents=True, exist_ok=True)
             _chromium([*base, f"--screenshot={shot}", url], timeout, cwd=profile)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"no screenshot of {url}"
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--tune-trials", type=int, default=10)
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()
     from test_pipeline_e2e import copy_worktree, pipeline_env
 
     def sh(*cmd: str, cwd: Path, env: dict[str, str]) -> str:  # no time limit: the quick profile takes minutes
