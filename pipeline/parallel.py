@@ -58,11 +58,16 @@ def joblib_backend(backend: str, n_jobs: int, address: str | None):
             import ray  # noqa: PLC0415
             from ray.util.joblib import register_ray  # noqa: PLC0415
         except ImportError:
-            raise RuntimeError("parallel.backend is ray but ray is not installed: pip install 'ray[default]'") from None
+            raise RuntimeError("parallel.backend is ray but ray is not installed: pip install ray==2.60.0") from None
         register_ray()
+        connected = ray.is_initialized()
         ray.init(address=address, ignore_reinit_error=True)  # None: a local ray instance
-        with joblib.parallel_config(backend="ray", n_jobs=n_jobs):
-            yield
+        try:
+            with joblib.parallel_config(backend="ray", n_jobs=n_jobs):
+                yield
+        finally:
+            if not connected:  # leave the cluster as it was found: disconnect this driver
+                ray.shutdown()
     else:
         raise ValueError(f"unknown joblib backend {backend!r}")
 

@@ -20,9 +20,11 @@ from odt.datasets.download import file_lock
 from pipeline.tuning import TUNABLE, TuneParams
 
 DIRECTION = "maximize"
+METRIC = "eval_normalized"  # the objective's name in optuna-dashboard: the final normalized return
 HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial without a heartbeat for GRACE_S is marked FAIL
 WORKER_ATTR, SPACE_ATTR, UID_ATTR, OBJECTIVE_ATTR = "odt.worker", "odt.search_space", "odt.uid", "odt.objective"
-DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "PyMySQL"}  # what `pip install` gives an RDB URL a driver
+# what `pip install` gives an RDB URL a driver; postgresql's (SQLAlchemy 2.1's default, psycopg 3) is in requirements.lock
+DRIVERS = {"postgresql": "'psycopg[binary]==3.3.9'", "mysql": "PyMySQL"}
 
 
 class StudyError(ConfigError):
@@ -49,8 +51,12 @@ def storage_label(spec: str, root: Path) -> str:
         return spec
 
 
-def open_storage(spec: str, root: Path):
-    """An Optuna storage for `spec`, or StudyError with one line saying what is wrong."""
+def open_storage(spec: str, root: Path, *, heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S):
+    """An Optuna storage for `spec`, or StudyError with one line saying what is wrong.
+
+    On an RDB a running trial writes a heartbeat every `heartbeat` seconds; a worker starting
+    a trial marks FAIL those of other workers silent for `grace` seconds.
+    """
     import optuna  # noqa: PLC0415
     import sqlalchemy.exc  # noqa: PLC0415
 
@@ -75,7 +81,7 @@ def open_storage(spec: str, root: Path):
                 with lock():
                     storage = optuna.storages.RDBStorage(
                         url, engine_kwargs={"connect_args": connect[backend]} if backend in connect else None,
-                        heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                        heartbeat_interval=heartbeat, grace_period=grace)
                 break
             except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
                 racing = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
@@ -172,6 +178,17 @@ def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, bud
               "their values may not compare (--study NAME starts a fresh study)", file=sys.stderr)
     study.set_user_attr(OBJECTIVE_ATTR, objective)
     return study
+
+
+def annotate(optuna_study, task: str, phase: str, budget: int) -> None:
+    """What optuna-dashboard shows beside the trials: task, phase, budget and the objective's name."""
+    unit = "updates" if phase == "pretrain" else "online samples"
+    attrs = {"odt.task": task, "odt.phase": phase, "odt.budget": f"{budget} {unit}"}
+    for key, value in attrs.items():
+        if optuna_study.user_attrs.get(key) != value:
+            optuna_study.set_user_attr(key, value)
+    if optuna_study.metric_names != [METRIC]:
+        optuna_study.set_metric_names([METRIC])
 
 
 def _describe(space: dict[str, dict[str, float]]) -> str:

@@ -70,8 +70,17 @@ class Tracker:
 
         self.root = Path(root).resolve()
         self.uri = uri or tracking_uri(self.root)
-        self.client = MlflowClient(self.uri)
         self.local = not self.uri.startswith(("http://", "https://", "databricks"))
+        db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        if db is not None and db.parent.is_dir():
+            # opening a store creates its tables: two processes doing it at once on a new sqlite
+            # file race ("duplicate column name"); a lock beside the file serialises them
+            from odt.datasets.download import file_lock  # noqa: PLC0415
+
+            with file_lock(db.with_name(db.name + ".lock")):
+                self.client = MlflowClient(self.uri)
+        else:
+            self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str) -> str:
         exp = _retry(self.client.get_experiment_by_name, name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from odt.config import ConfigError
 from pipeline import cli, paths, study
 from pipeline.params import Params, TaskPlan, phase_config
 from pipeline.study_results import NoCompleteTrial, summarize, write_plots
+from pipeline.study_tracking import StudyTracking
 from pipeline.tuning import TuneParams, tuned_path
 
 
@@ -56,7 +56,7 @@ class Objective:
     """Train one phase with the trial's lr and weight decay; return the final normalized return."""
 
     def __init__(self, plan: TaskPlan, params: Params, phase: str, *, root: Path, budget: int, eval_every: int,
-                 tracking: "StudyTracking | None"):
+                 tracking: StudyTracking | None):
         # the phase's own tuned file is what this study writes: never read it while tuning
         self.plan, self.params = plan, params.model_copy(update={"use_tuned": False})
         self.phase, self.root, self.tracking = phase, root, tracking
@@ -70,6 +70,8 @@ class Objective:
         hp = {k: trial.suggest_float(k, v["low"], v["high"], log=True) for k, v in self.space.items()}
         trial.set_user_attr(study.WORKER_ATTR, study.worker_id())
         logger = TrialLogger(trial, self.phase, self.tracking.start_trial(trial.number, hp) if self.tracking else None)
+        if logger.run is not None:  # optuna-dashboard shows it beside the trial: its MLflow run
+            trial.set_user_attr("odt.mlflow_run_id", logger.run.run_id)
         state, value = "FAIL", None
         try:
             value = self.train(hp, logger)
@@ -109,62 +111,9 @@ def trial_budget(plan: TaskPlan, tune: TuneParams, phase: str) -> tuple[int, int
     return budget, tune.eval_every or plan.pretrain.eval_every or max(log_every, budget // 5 // log_every * log_every)
 
 
-class StudyTracking:
-    """The study's parent run and a child run per trial, found again by key after a rerun."""
-
-    def __init__(self, root: Path, plan: TaskPlan, params: Params, phase: str, optuna_study, label: str,
-                 budget: int, eval_every: int):
-        from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
-
-        self.tracker = Tracker(root)
-        self.exp = self.tracker.experiment(f"odt/{plan.name}")
-        self.key = f"tune:{plan.name}:{phase}:{optuna_study.study_name}:{optuna_study.user_attrs[study.UID_ATTR]}"
-        self.tags = stage_tags(root, params.profile, f"tune-{phase}@{plan.name}", task=plan.name, phase=phase,
-                               study=optuna_study.study_name, storage=label)
-        self.parent = self.tracker.run(self.exp, self.key, f"tune {phase}", self.tags)
-        self.tracker.client.update_run(self.parent, status="RUNNING")  # a rerun adds trials to a finished study
-        tune = params.tune
-        self.tracker.log_params(self.parent, {
-            **flat({"search": study.search_space(tune)}), "sampler": f"TPE(seed={tune.sampler_seed} + trial)",
-            "pruner": tune.pruner, "startup_trials": tune.startup_trials, "budget": budget, "eval_every": eval_every,
-            "direction": study.DIRECTION})
-
-    def start_trial(self, number: int, hp: dict[str, float]):
-        from pipeline.tracking import RunLogger  # noqa: PLC0415
-
-        run_id, _ = self.tracker.open(self.exp, f"{self.key}:trial{number}", f"trial {number}",
-                                      {**self.tags, "trial": number}, {**hp, "trial": number}, parent=self.parent)
-        return RunLogger(self.tracker.uri, run_id)
-
-    def end_trial(self, run, state: str, value: float | None, reported: list[int]) -> None:
-        if value is not None and math.isfinite(value):
-            run.log_summary({"value": value}, reported[-1] if reported else 0)
-        self.tracker.set_tags(run.run_id, {"optuna.state": state})
-        self.tracker.finish(run.run_id, {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED"))
-
-    def close_failed(self, optuna_study) -> None:
-        """Child runs of trials that failed elsewhere (a killed worker) are still RUNNING in MLflow."""
-        import optuna  # noqa: PLC0415
-
-        for t in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-            found = self.tracker.find(self.exp, f"{self.key}:trial{t.number}")
-            if found is not None and found.info.status == "RUNNING":
-                self.tracker.set_tags(found.info.run_id, {"optuna.state": "FAIL"})
-                self.tracker.finish(found.info.run_id, "FAILED")
-
-    def finish(self, summary: dict[str, Any], files: list[Path]) -> None:
-        self.tracker.log_metrics(self.parent, {"best_value": summary["best_value"],
-                                               **{f"trials_{k.lower()}": v for k, v in summary["states"].items()}},
-                                 step=summary["n_trials"])
-        self.tracker.set_tags(self.parent, {"best_trial": summary["best_trial"],
-                                            **{f"best_{k}": v for k, v in summary["best_params"].items()}})
-        self.tracker.log_artifacts(self.parent, files)
-        self.tracker.finish(self.parent)
-
-
 def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.ROOT, n_trials: int | None = None,
               timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-              track: bool = True) -> dict[str, Any]:
+              track: bool = True, heartbeat: int = study.HEARTBEAT_S, grace: int = study.GRACE_S) -> dict[str, Any]:
     import optuna  # noqa: PLC0415
 
     root = Path(root)
@@ -177,10 +126,9 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
         raise study.StudyError(f"{what} {needed} does not exist; run `dvc repro {stage}@{plan.name}` first")
     name = study_name or f"{plan.name}-{phase}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store, label = study.open_storage(storage or tune.storage, root)
+    store, label = study.open_storage(storage or tune.storage, root, heartbeat=heartbeat, grace=grace)
     optuna_study = study.load_study(name, store, label, tune, phase, budget, eval_every)
-    optuna_study.set_user_attr("odt.task", plan.name)
-    optuna_study.set_user_attr("odt.phase", phase)
+    study.annotate(optuna_study, plan.name, phase, budget)
     dead = study.fail_dead_trials(optuna_study)
     if dead:
         print(f"tune {plan.name} {phase}: trials {dead} lost their worker and are marked FAIL", flush=True)
@@ -223,10 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", default=None, help="study name (default: <task>-<phase>)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for this worker")
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--heartbeat", type=int, default=study.HEARTBEAT_S,
+                    help=f"RDB storage: seconds between a running trial's heartbeats (default {study.HEARTBEAT_S})")
+    ap.add_argument("--grace", type=int, default=study.GRACE_S, help="RDB storage: seconds without a heartbeat "
+                    f"after which another worker marks the trial FAIL (default {study.GRACE_S})")
     args = ap.parse_args(argv)
-    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--threads", args.threads)):
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--threads", args.threads),
+                        ("--heartbeat", args.heartbeat), ("--grace", args.grace)):
         if value is not None and value <= 0:
             return cli.fail(f"{flag} must be positive, got {value}")
+    if args.grace <= args.heartbeat:
+        return cli.fail(f"--grace ({args.grace} s) must be longer than --heartbeat ({args.heartbeat} s)")
     params, plan = cli.load_or_exit(args.params, args.task)
     if args.threads:
         import torch  # noqa: PLC0415
@@ -234,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         summary = run_stage(plan, params, args.phase, root=Path(args.root), n_trials=args.n_trials, timeout=args.timeout,
-                            storage=args.storage, study_name=args.study, track=not args.no_track)
+                            storage=args.storage, study_name=args.study, track=not args.no_track,
+                            heartbeat=args.heartbeat, grace=args.grace)
     except ConfigError as err:
         return cli.fail(str(err))
     except NoCompleteTrial as err:

@@ -1,8 +1,8 @@
 """The product end to end: real `dvc repro` of the tiny profile in a copy of the repository.
 
 fetch -> pretrain -> finetune, dt, iql, sac (10 seeds each) -> report for two tasks, a real
-MLflow sqlite store; then a second `dvc repro` that must do nothing, and a changed finetuning
-parameter that must re-run that task's finetuning and the report only.
+MLflow sqlite store and a small study; then a second `dvc repro` that must do nothing, and a
+changed finetuning parameter that must re-run that task's finetuning and the report only.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["hopper-medium-v2", "hopper-medium-replay-v2"]
 SEEDS = 10
+TUNE_TRIALS = 3
 # what a fresh clone has, plus work in progress; not the outputs of an earlier run here
 SKIP = re.compile(r"^(dvc\.lock|params\.yaml|reports/|mlflow\.db|mlruns/|mlartifacts/)")
 
@@ -66,8 +67,10 @@ def is_png(path: Path) -> bool:
         return img.format == "PNG" and min(img.size) >= 100
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopper_random_hdf5):
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory, hopper_random_hdf5) -> dict:
+    """The tiny profile's first `dvc repro` in a copy of the repository, then a 3-trial pretrain study."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     repo = tmp_path / "repo"
     copy_worktree(repo)
     (repo / ".cache" / "tiny").mkdir(parents=True)
@@ -83,8 +86,28 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "tiny", cwd=repo, env=env)
     commit = sh("git", "rev-parse", "HEAD", cwd=repo, env=env).strip()
-
     out = sh(dvc, "repro", cwd=repo, env=env)
+    # a study in the default storage (sqlite:///optuna.db), tracked in MLflow like the stages
+    sh(sys.executable, "-m", "pipeline.tune", "--task", TASKS[0], "--phase", "pretrain", "--n-trials", str(TUNE_TRIALS),
+       cwd=repo, env=env)
+    return {"tmp": tmp_path, "repo": repo, "uri": uri, "env": env, "dvc": dvc, "commit": commit, "out": out}
+
+
+@pytest.mark.slow
+def test_dashboards_show_the_runs_the_study_and_the_curves_in_a_browser(repro, tmp_path):
+    """`mlflow ui`, `optuna-dashboard` and `dvc plots show` served on 127.0.0.1, each page rendered in Chromium."""
+    from browser import check_all
+
+    found = check_all(repro["repo"], repro["uri"], TASKS, [f"{TASKS[0]}-pretrain"], tmp_path / "logs",
+                      shots=tmp_path / "shots")
+    assert {t: f["seeds"] for t, f in found.items()} == {t: SEEDS for t in TASKS}
+    for name in ("mlflow-experiments", "mlflow-runs", "optuna-dashboard", "dvc-plots"):
+        assert is_png(tmp_path / "shots" / f"{name}.png")
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
+    repo, uri, env, dvc, commit, out = (repro[k] for k in ("repo", "uri", "env", "dvc", "commit", "out"))
     per_task = {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune", "dt", "iql") for t in TASKS}
     assert stages_run(out) == per_task | {f"sac@{TASKS[0]}", "report"}  # SAC once per environment
     assert (repo / "dvc.lock").is_file()
@@ -154,10 +177,12 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, hopp
         by_stage = {}
         for r in runs(f"odt/{task}"):
             by_stage.setdefault(r.data.tags["dvc_stage"], []).append(r)
-            assert r.info.status == "FINISHED"
+            pruned = r.data.tags.get("optuna.state") == "PRUNED"  # a pruned trial's run ends KILLED
+            assert r.info.status == ("KILLED" if pruned else "FINISHED")
             assert (r.data.tags["profile"], r.data.tags["task"], r.data.tags["git_commit"]) == ("tiny", task, commit)
         stages = ["pretrain", "finetune", "dt", "iql"] + (["sac"] if task == TASKS[0] else [])
-        assert {k: len(v) for k, v in by_stage.items()} == {f"{s}@{task}": 1 + SEEDS for s in stages}
+        tuned = {f"tune-pretrain@{task}": 1 + TUNE_TRIALS} if task == TASKS[0] else {}
+        assert {k: len(v) for k, v in by_stage.items()} == {**{f"{s}@{task}": 1 + SEEDS for s in stages}, **tuned}
         for stage in stages:
             parent = [r for r in by_stage[f"{stage}@{task}"] if "seed" not in r.data.tags]
             children = [r for r in by_stage[f"{stage}@{task}"] if "seed" in r.data.tags]

@@ -1,4 +1,4 @@
-"""The finetune stage: kill -9 and resume, a failing seed, dask vs loky, threads per worker.
+"""The finetune stage: kill -9 and resume, a failing seed, dask and ray clusters vs loky, threads per worker.
 
 Every test starts from the same pretrained checkpoint (tiny profile, one task, 4 seeds)
 and compares with one uninterrupted run on the default backend, value for value.
@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import yaml
 from pipeline import finetune, parallel, paths, pretrain
 from pipeline.params import load_params
 from pipeline.profile import render
+from services import BIN, README, Service, alive, commands, free_port, recipe, service_env, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "hopper-medium-v2"
@@ -157,20 +160,109 @@ def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretraine
     assert results(root) == baseline["results"]
 
 
-@pytest.mark.slow
-def test_dask_cluster_gives_the_numbers_of_the_default_backend_with_one_thread_per_seed(pretrained, baseline, tmp_path):
-    from distributed import LocalCluster
+def run_recipe_stage(root: Path, name: str, replace: dict[str, str], env: dict[str, str]) -> tuple[str, list[Service]]:
+    """The README's cluster block `name`: background lines become services, the stage line runs here."""
+    services, out = [], ""
+    try:
+        for kind, what, bg in commands(recipe(name), replace):
+            if kind == "export":
+                env[what[0]] = what[1]
+            elif bg:  # a scheduler or worker: up before the next line runs
+                service = Service(what, log=root.parent / f"{Path(what[0]).name}-{len(services)}.log", env=env, cwd=root)
+                services.append(service)
+                if "scheduler" in what:
+                    service.wait_port(int(replace["8786"]))
+            else:
+                proc = subprocess.run(what, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                assert proc.returncode == 0, f"{' '.join(what)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+                out += proc.stdout + proc.stderr
+    except BaseException:
+        for service in services:
+            service.stop()
+        raise
+    return out, services
 
+
+def stage_ran_on_workers(root: Path, parallel_block: dict, backend: str) -> dict:
+    """The MLflow parent run of the finetune stage (tagged with the backend it ran on)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
+    parent = [r for r in runs if "seed" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].data.tags["backend"] == backend
+    assert parent[0].data.tags["workers"] == str(parallel_block["n_jobs"]) and parent[0].data.tags["threads_per_worker"] == "1"
+    assert sorted(int(r.data.tags["seed"]) for r in runs if "seed" in r.data.tags) == list(range(SEEDS))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    return parent[0]
+
+
+def set_parallel(root: Path, block: dict) -> None:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["parallel"] = block
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.slow
+def test_dask_scheduler_and_workers_give_the_numbers_of_the_default_backend(pretrained, baseline, tmp_path):
+    """The README's dask recipe: `dask scheduler` and `dask worker` as processes on 127.0.0.1, then the stage."""
     root = stage_inputs(tmp_path / "repo", pretrained)
-    params, plans = load_params(root / "params.yaml")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        out = finetune.run_stage(plans[TASK], params, root=root, track=False, backend="dask",
-                                 address=cluster.scheduler_address)
-    assert results(root) == baseline["results"]
-    workers = out["workers"]
-    assert sorted(w["seed"] for w in workers) == list(range(SEEDS))
-    assert all(w["threads"] == 1 for w in workers) and len({w["pid"] for w in workers}) <= 2
-    assert os.getpid() not in {w["pid"] for w in workers}  # ran on the cluster's worker processes
+    port = str(free_port())
+    block = yaml.safe_load(recipe("dask-params").replace("8786", port))["parallel"]
+    assert block["backend"] == "dask" and block["address"] == f"tcp://127.0.0.1:{port}"
+    set_parallel(root, block)
+    out, services = run_recipe_stage(root, "dask", {"8786": port, ".venv/bin/": f"{BIN}/"}, service_env())
+    try:
+        assert results(root) == baseline["results"]  # every float of every seed, as on loky
+        stage_ran_on_workers(root, block, "dask")
+        worker_log = services[1].output()
+        # each seed printed its line in a dask worker process, none in the stage's own
+        assert all(f"finetune {TASK} seed {s}:" in worker_log for s in range(SEEDS)), worker_log[-3000:]
+        assert f"finetune {TASK} seed" not in out
+        assert len(set(re.findall(r"Start worker at:\s+tcp://127\.0\.0\.1:\d+", worker_log))) == 2
+    finally:
+        for service in reversed(services):
+            service.stop()
+    assert not any(alive(s.pid) for s in services)
+
+
+@pytest.mark.slow
+def test_ray_head_gives_the_numbers_of_the_default_backend(pretrained, baseline, tmp_path):
+    """The README's ray recipe: `ray start --head` on this machine (2 CPUs, a small object store), then the stage."""
+    root = stage_inputs(tmp_path / "repo", pretrained)
+    port = str(free_port())
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: ray's socket paths live under it
+    block = {"backend": "ray", "n_jobs": 2, "address": f"127.0.0.1:{port}", "threads_per_worker": None}
+    readme = recipe("ray")
+    assert "`backend: ray`, `address: 127.0.0.1:6379` and `n_jobs: 2`" in README.read_text()
+    set_parallel(root, block)
+    env = service_env()
+    steps = commands(readme, {"6379": port, "/tmp/ray-odt": str(temp), ".venv/bin/": f"{BIN}/"})
+    head = None
+    try:
+        out = ""
+        for kind, what, bg in steps:
+            if kind == "export":
+                env[what[0]] = what[1]
+                continue
+            # `ray start` returns once the head is up; its daemons stay in its process group, stopped below
+            proc = subprocess.Popen(what, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+            if what[1:3] == ["start", "--head"]:
+                head = proc.pid
+            text, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{' '.join(what)} failed:\n{text[-5000:]}"
+            out += text
+        assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+        assert results(root) == baseline["results"]
+        stage_ran_on_workers(root, block, "ray")
+        logs = "".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/worker-*.out"))
+        assert all(f"finetune {TASK} seed {s}:" in logs for s in range(SEEDS))  # printed in ray's worker processes
+        assert re.search(r"Local node IP:?\s+127\.0\.0\.1", out), out[-3000:]  # every node address on loopback
+    finally:
+        if head is not None:
+            assert stop_group(head, timeout=20) == []
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
