@@ -17,10 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.baselines.iql import IQLConfig
-from odt.baselines.sac import SACConfig
-from odt.config import ConfigError, FinetuneConfig, PretrainConfig, format_validation_error, validate
-from odt.model import ModelConfig
+from odt.config import (ConfigError, FinetuneConfig, IQLConfig, ModelConfig, PretrainConfig, SACConfig,
+                        format_validation_error, validate)
 from pipeline import paths
 from pipeline.tuning import TUNABLE, TuneParams, read_tuned, tuned_path
 
