@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from typing import Any, Callable, Iterable
 
 
@@ -29,13 +30,31 @@ def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: in
     return workers, max(1, min(threads, cores // workers))
 
 
+def ignore_sigint() -> None:
+    """A loky worker's initializer: Ctrl-C in the terminal reaches the whole process group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers(backend: str) -> None:
+    """Kill this machine's loky workers and release their semaphores (after Ctrl-C); dask and ray
+    workers end their seed jobs themselves once the stage's heartbeat is gone (pipeline/heartbeat.py)."""
+    if backend != "loky":
+        return
+    from joblib.externals.loky import reusable_executor  # noqa: PLC0415
+
+    executor = reusable_executor._executor  # the one joblib made; get_reusable_executor() could make another
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 @contextlib.contextmanager
 def joblib_backend(backend: str, n_jobs: int, address: str | None):
     """joblib.parallel_config for loky, dask (a distributed.Client) or ray."""
     import joblib  # noqa: PLC0415
 
     if backend == "loky":
-        with joblib.parallel_config(backend="loky", n_jobs=n_jobs):
+        # workers ignore Ctrl-C (the terminal sends it to them too): the stage stops them itself
+        with joblib.parallel_config(backend="loky", n_jobs=n_jobs, initializer=ignore_sigint):
             yield
     elif backend == "dask":
         import distributed  # noqa: PLC0415
