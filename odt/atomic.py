@@ -170,6 +170,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and str(err.filename or "").startswith(str(tmp)):
+            # a file inside the new directory: named where it was going
+            raise WriteError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(tmp))) from None
         if isinstance(err, OSError) and _writing(err, tmp):
             raise _write_error(err, path) from None
         raise

@@ -56,6 +56,9 @@ def bad_input() -> tuple[type[Exception], ...]:
 def run_guarded(what: str, body: Callable[[], Any], *, failed: tuple[type[Exception], ...] = (),
                 bad: tuple[type[Exception], ...] = ()) -> tuple[int, Any]:
     """(exit code, body's value): every way a stage ends, as one line on stderr and its exit code."""
+    from pipeline.heartbeat import StageBusy  # noqa: PLC0415
+
+    failed = (*failed, StageBusy)  # another live run holds the work directory
     try:
         return 0, body()
     except KeyboardInterrupt:

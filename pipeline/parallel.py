@@ -30,9 +30,30 @@ def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: in
     return workers, max(1, min(threads, cores // workers))
 
 
-def ignore_sigint() -> None:
-    """A loky worker's initializer: Ctrl-C in the terminal reaches the whole process group."""
+def init_worker() -> None:
+    """A loky worker's initializer.
+
+    Ctrl-C in the terminal reaches the whole process group: the worker ignores it, and the
+    stage stops its workers itself. A thread ends the worker within a second of the stage's
+    death (its parent: a killed stage's workers, busy or idle, would otherwise live on;
+    pipeline/heartbeat.py covers the workers of a cluster). tqdm's lock is a thread lock,
+    not its default multiprocessing one, whose named semaphore a killed worker would leak.
+    """
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from tqdm import std  # noqa: PLC0415
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    std.tqdm.set_lock(threading.RLock())
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        os._exit(75)  # the stage is gone: reparented
+
+    threading.Thread(target=orphaned, name="odt-orphan-watch", daemon=True).start()
 
 
 def stop_workers(backend: str) -> None:
@@ -54,7 +75,7 @@ def joblib_backend(backend: str, n_jobs: int, address: str | None):
 
     if backend == "loky":
         # workers ignore Ctrl-C (the terminal sends it to them too): the stage stops them itself
-        with joblib.parallel_config(backend="loky", n_jobs=n_jobs, initializer=ignore_sigint):
+        with joblib.parallel_config(backend="loky", n_jobs=n_jobs, initializer=init_worker):
             yield
     elif backend == "dask":
         import distributed  # noqa: PLC0415
