@@ -8,7 +8,8 @@
 
 Runs odt.datasets.fetch: DIR/<task>.hdf5 (float32, `next_observations`, terminals/timeouts as
 D4RL) and DIR/<task>.json (provenance, sizes, returns, sha256, the dims Ant's environment pins),
-written into a temp directory that then replaces DIR, so DIR is never half-written.
+written into a temp directory that then replaces DIR, so DIR is never half-written. Actions
+outside [-1, 1] are rejected with one line; `--clip-actions` clips them instead, with a warning.
 Downloads and generated SAC runs are cached under --cache (default $ODT_CACHE or .cache).
 """
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str
             except Exception:  # the store itself may be the problem; the stage reports the seed anyway
                 pass
         environment = isinstance(err, OSError)  # a full disk or a read-only directory: the message says it all
-        return {**info, "ok": False, "error": f"{type(err).__name__}: {err}",
+        return {**info, "ok": False, "error": f"{type(err).__name__}: {' '.join(str(err).split())}",  # one line
                 "traceback": None if environment else traceback.format_exc()}
     finally:
         if stop is not None:
