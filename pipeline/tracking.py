@@ -75,10 +75,12 @@ class Tracker:
         self.local = not self.uri.startswith(("http://", "https://", "databricks"))
 
     def lock(self):
-        """Find-then-create under one lock per repository: two processes with one run key make one run."""
+        """Find-then-create under one lock, beside a sqlite store (else in the repository): two processes with one
+        run key make one run. The lock file is removed when released."""
         from odt.lock import file_lock  # noqa: PLC0415
 
-        return file_lock(self.root / ".cache" / "mlflow-runs.lock")
+        db = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else None
+        return file_lock(Path(db + ".lock") if db and db != ":memory:" else self.root / ".mlflow-runs.lock")
 
     def experiment(self, name: str) -> str:
         with self.lock():

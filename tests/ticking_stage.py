@@ -4,6 +4,7 @@
 
 Seeds 0 and 1 each append `<time> <pid>` to ROOT/ticks-<seed>.txt every 0.1 s, $TICKS
 times (default 600), so a test sees when, and from which process, a seed job last wrote.
+With $GO set, it waits for that file to exist before it starts (after its imports).
 The command ends like a stage: one `error:` line and its exit code (pipeline.cli.run_guarded).
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ def tick(out: str, ticks: int, seed: int, seed_dir: Path, logger) -> dict:
 def main(argv: list[str]) -> int:
     from pipeline import cli, seeds
 
+    go = os.environ.get("GO")  # imported, then wait for this file: a test starts the stage at a moment of its choosing
+    while go and not Path(go).exists():
+        time.sleep(0.01)
     root, backend = Path(argv[0]), argv[1]
     params = SimpleNamespace(seeds=2, profile="test", parallel=SimpleNamespace(
         backend=backend, n_jobs=2, address=argv[2] if len(argv) > 2 else None, threads_per_worker=None))
