@@ -1,22 +1,105 @@
 """Atomic file writes: every file odt or the pipeline writes goes through `atomic_path`.
 
-`write_text`, `write_json` and `copy_file` are the common cases.
+`write_text`, `write_json` and `copy_file` are the common cases; `atomic_dir` replaces a
+whole directory.
 
-Write to a temporary file beside the target, fsync it, then rename it over the target, so
-a reader, or a process killed mid-write, sees the old file or the new one, never half of one.
+Write to a temporary file beside the target, fsync it, rename it over the target, then
+fsync the directory, so a reader, or a process killed mid-write, sees the old file or the
+new one, never half of one. Temporaries are named `.<target>.tmp-<host>-<pid>-<random>`:
+a later write of the same target removes those of processes that are dead (killed
+mid-write) and leaves a live concurrent writer's alone. An error while writing (a full
+disk, a read-only directory, a file-size limit) is a `WriteError` naming the target, and
+leaves the target as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+HOST = socket.gethostname().replace(os.sep, "_") or "host"
+
+
+class WriteError(OSError):
+    """Writing `filename` failed for a reason of the environment (permission, space, size limit); one line."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_error(err: OSError, path: Path) -> WriteError:
+    return WriteError(err.errno, err.strerror or str(err), str(path))
+
+
+def _writing(err: OSError, tmp: Path) -> bool:
+    """Whether `err` came from writing the temporary (not, say, from reading a source the block copies)."""
+    name = err.filename
+    return not isinstance(err, WriteError) and (name is None or str(name).startswith(str(tmp)) or err.errno in _SPACE)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _tag(kind: str) -> str:
+    return f"{kind}-{HOST}-{os.getpid()}-"
+
+
+def _dead(path: Path, name: str, kind: str) -> bool:
+    """Whether `path` is a `kind` ("tmp" or "old") of `name` left by a dead process of this host."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.{kind}-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]*(\.[^.-]*)?", path.name)
+    return bool(match) and match["host"] == HOST and not _alive(int(match["pid"]))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale(path: str | os.PathLike) -> None:
+    """Remove the temporaries that dead processes left beside `path` (live writers' are kept)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        if _dead(tmp, path.name, "tmp"):
+            _remove(tmp)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in directory `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -26,44 +109,86 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     `suffix` keeps the extension for writers that infer the format from it (matplotlib).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_tag('tmp')}", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _write_error(err, path) from None
     tmp = Path(name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as err:
+            if _writing(err, tmp):
+                raise _write_error(err, path) from None
+            raise
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+            os.replace(tmp, path)
+        except OSError as err:
+            raise _write_error(err, path) from None
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)  # already renamed on success; the half-written file on failure
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Undo what a process killed in the middle of `atomic_dir`'s swap left: restore the old copy if `path`
+    is missing, and remove dead processes' old copies and temporaries."""
+    path = Path(path)
+    olds = [p for p in path.parent.glob(f".{glob_escape(path.name)}.old-*") if _dead(p, path.name, "old")]
+    if olds and not path.exists():
+        newest = max(olds, key=lambda p: p.stat().st_mtime_ns)
+        os.replace(newest, path)  # killed between its two renames: the old version comes back
+        fsync_dir(path.parent)
+        olds.remove(newest)
+    for old in olds:  # killed after the swap, while removing the old version
+        _remove(old)
+    remove_stale(path)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary directory to fill; it replaces the directory `path` when the block succeeds.
 
-    The old directory is renamed aside before the new one is renamed in, so `path` holds one
-    whole version or the other. A failed block leaves `path` untouched; temporaries that a
-    killed process left beside it are removed first.
+    The old directory is renamed aside (`.<name>.old-<host>-<pid>-`) before the new one is
+    renamed in; a process killed between the two renames leaves `path` missing, and the next
+    call (or `recover_dir`) puts the old copy back. A failed block leaves `path` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_tag('tmp')}", dir=path.parent))
+    except OSError as err:
+        raise _write_error(err, path) from None
     try:
         yield tmp
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and str(err.filename or "").startswith(str(tmp)):
+            # a file inside the new directory: named where it was going
+            raise WriteError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(tmp))) from None
+        if isinstance(err, OSError) and _writing(err, tmp):
+            raise _write_error(err, path) from None
+        raise
+    old = path.with_name(f".{path.name}.{_tag('old')}0")
+    try:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
-        old = path.with_name(f".{path.name}.tmp-old-{os.getpid()}")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except OSError as err:
+        if old.exists() and not path.exists():
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise _write_error(err, path) from None
+    fsync_dir(path.parent)
+    _remove(old)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

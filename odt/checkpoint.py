@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from odt.atomic import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (truncated, foreign, or missing what it should hold); one line naming it."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -17,12 +21,24 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with `weights_only=True`: tensors, numbers, strings and containers only."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    how: str = "delete it and rerun") -> dict[str, Any]:
+    """Load with `weights_only=True`: tensors, numbers, strings and containers only. `how`: the way out, for the message."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the stage that writes it first)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}); delete it and rerun") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}); {how}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint; {how}")
+    return state
+
+
+def check_checkpoint(path: str | os.PathLike, keys: Sequence[str] = ("trainer",), *, how: str = "delete it and rerun") -> None:
+    """Raise CheckpointError unless `path` loads and holds `keys`: an input checked once, before work starts on it."""
+    state = load_checkpoint(path, how=how)
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no '{missing[0]}' (it holds {', '.join(map(str, state)) or 'nothing'}); {how}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -75,6 +76,73 @@ class FinetuneConfig(OptimConfig, EvalConfig):
     g_online: float = 7200.0  # exploration RTG
     eval_every_rounds: PosInt = 10
     checkpoint_every_rounds: PosInt = 10
+
+
+# The model's and the baselines' configs live here, not beside their torch code, so that
+# params.yaml is validated without importing torch (a bad flag or key reports at once).
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class ModelConfig:
+    state_dim: PosInt
+    act_dim: PosInt
+    context_len: PosInt = 20  # K, timesteps per training segment
+    embed_dim: PosInt = 512
+    n_layer: PosInt = 4
+    n_head: PosInt = 4
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    max_ep_len: PosInt = 1000  # size of the timestep embedding table
+    use_positional_embedding: bool = True  # False: the paper's no-positional-embedding ablation
+    stochastic: bool = True  # False: deterministic DT head trained with MSE
+    activation: Literal["relu", "gelu"] = "relu"  # the paper uses ReLU
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    # RTGs are fed to the model multiplied by this: part of what the policy's inputs mean,
+    # like the state normaliser, so it travels with the model (D4RL locomotion 1e-3, AntMaze 1)
+    reward_scale: Annotated[float, Field(gt=0)] = 0.001
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.embed_dim % self.n_head:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by n_head ({self.n_head})")
+        if self.log_std_min >= self.log_std_max:
+            raise ValueError("log_std_min must be below log_std_max")
+        return self
+
+
+class IQLConfig(_Config):
+    """IQL's published settings for locomotion (AntMaze: expectile 0.9, temperature 10)."""
+
+    hidden_dim: PosInt = 256
+    n_hidden: PosInt = 2
+    learning_rate: PosFloat = 3e-4  # Adam, all three networks; the actor's decays to 0 on a cosine
+    batch_size: PosInt = 256
+    discount: Annotated[float, Field(gt=0, le=1)] = 0.99
+    tau: Annotated[float, Field(gt=0, le=1)] = 0.005  # target-network update
+    expectile: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    temperature: PosFloat = 3.0  # beta, the inverse temperature of the advantage weights
+    max_weight: PosFloat = 100.0  # advantage weights are clipped here
+    offline_updates: NonNegInt = 1_000_000
+    online_samples: NonNegInt = 200_000  # environment steps online, one update each
+    buffer_size: PosInt = 2_000_000  # transitions: the offline data, then FIFO
+    log_every: PosInt = 1000  # updates between two logged rows
+    checkpoint_every: PosInt = 10_000  # updates between two checkpoints (online: at the next episode's end)
+    eval_every: PosInt = 10_000  # online environment steps between two evaluations
+    eval_episodes: PosInt = 10
+
+
+class SACConfig(_Config):
+    hidden_dim: PosInt = 256
+    n_hidden: PosInt = 2
+    learning_rate: PosFloat = 3e-4
+    batch_size: PosInt = 256
+    discount: PosFloat = 0.99
+    tau: PosFloat = 0.005
+    buffer_size: PosInt = 1_000_000
+    random_steps: NonNegInt = 10_000  # uniformly random actions first; at most a tenth of the budget
+    online_samples: NonNegInt = 200_000
+    log_every: PosInt = 1000  # environment steps between two rows (at the next episode's end)
+    checkpoint_every: PosInt = 10_000  # environment steps between two checkpoints (at the next episode's end)
+    eval_every: PosInt = 10_000
+    eval_episodes: PosInt = 10
 
 
 class ConfigError(ValueError):

@@ -7,43 +7,12 @@ tanh-bounded deterministic action (the DT ablation).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, model_validator
-from pydantic.dataclasses import dataclass
 
-PosInt = Annotated[int, Field(gt=0)]
-
-
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class ModelConfig:
-    state_dim: PosInt
-    act_dim: PosInt
-    context_len: PosInt = 20  # K, timesteps per training segment
-    embed_dim: PosInt = 512
-    n_layer: PosInt = 4
-    n_head: PosInt = 4
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    max_ep_len: PosInt = 1000  # size of the timestep embedding table
-    use_positional_embedding: bool = True  # False: the paper's no-positional-embedding ablation
-    stochastic: bool = True  # False: deterministic DT head trained with MSE
-    activation: Literal["relu", "gelu"] = "relu"  # the paper uses ReLU
-    log_std_min: float = -5.0
-    log_std_max: float = 2.0
-    # RTGs are fed to the model multiplied by this: part of what the policy's inputs mean,
-    # like the state normaliser, so it travels with the model (D4RL locomotion 1e-3, AntMaze 1)
-    reward_scale: Annotated[float, Field(gt=0)] = 0.001
-
-    @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
-        if self.embed_dim % self.n_head:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by n_head ({self.n_head})")
-        if self.log_std_min >= self.log_std_max:
-            raise ValueError("log_std_min must be below log_std_max")
-        return self
+from odt.config import ModelConfig  # noqa: F401 (odt.model.ModelConfig, as before)
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,4 +1,10 @@
-"""The command line every per-task stage shares, and its one-line errors."""
+"""The command line every stage shares, and its one-line errors.
+
+Bad input (a flag, a params.yaml key, a dataset or checkpoint that cannot be used) is one
+`error:` line and exit 2; an environment error (a read-only or full output directory, a
+file-size limit) is one line naming the path and the cause, exit 1; Ctrl-C is one line,
+exit 130, and the rerun resumes. Parsing a flag imports neither torch nor the stage's tools.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,21 +16,75 @@ from typing import Any, Callable
 
 from odt.config import ConfigError
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
 
 def fail(message: str, code: int = 2, *, trace: bool = False) -> int:
     """One line on stderr starting with `error:`; code 2 for bad input, 1 for a failed run."""
     if trace:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
     return code
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line and exit 2, without the usage block."""
+
+    def error(self, message: str):
+        sys.exit(fail(f"{message} (see {self.prog} --help)"))
+
+
+def environment_error(err: OSError) -> str:
+    """`cannot write PATH: CAUSE` (odt.atomic's WriteError), else `PATH: CAUSE`, else the message as it is."""
+    from odt.atomic import WriteError  # noqa: PLC0415
+
+    if isinstance(err, WriteError) or err.filename is None:
+        return str(err)
+    names = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    return f"{names}: {err.strerror or type(err).__name__}"
+
+
+def bad_input() -> tuple[type[Exception], ...]:
+    """The exceptions that mean the input is unusable (exit 2); imported once the flags are parsed."""
+    from odt.checkpoint import CheckpointError  # noqa: PLC0415
+    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
+    from odt.envs import EnvMismatchError  # noqa: PLC0415
+
+    return ConfigError, CheckpointError, DatasetError, EnvMismatchError
+
+
+def run_guarded(what: str, body: Callable[[], Any], *, failed: tuple[type[Exception], ...] = (),
+                bad: tuple[type[Exception], ...] = ()) -> tuple[int, Any]:
+    """(exit code, body's value): every way a stage ends, as one line on stderr and its exit code."""
+    from pipeline.heartbeat import StageBusy  # noqa: PLC0415
+
+    failed = (*failed, StageBusy)  # another live run holds the work directory
+    try:
+        return 0, body()
+    except KeyboardInterrupt:
+        return fail(f"{what} interrupted; rerun to resume", code=INTERRUPTED), None
+    except bad as err:
+        return fail(str(err)), None
+    except FileNotFoundError as err:
+        if err.filename is None:  # ours: a missing input, the message says which and what to run
+            return fail(str(err)), None
+        return fail(environment_error(err), code=1), None
+    except OSError as err:
+        return fail(environment_error(err), code=1), None
+    except failed as err:
+        return fail(str(err), code=1), None
+    except Exception as err:
+        return fail(f"{what} failed: {type(err).__name__}: {err}", code=1, trace=True), None
+
+
 def load_or_exit(path: str | Path, task: str | None = None):
-    """Validated params (every task checked) and the plan of `task` (None without one), or exit 2 with one line naming the bad key."""
-    from pipeline.params import load_params  # noqa: PLC0415
+    """Validated params (every task planned: the whole file is checked) and the plan of `task`, or exit 2."""
+    from pipeline.params import load_params, plan_task  # noqa: PLC0415
 
     try:
-        params, plans = load_params(path, [task] if task else None)
+        params, plans = load_params(path)
+        if task is not None and task not in plans:
+            plan_task(params, task)  # raises the one line that lists the tasks
     except ConfigError as err:
         sys.exit(fail(str(err)))
     return params, plans.get(task) if task else None
@@ -35,25 +95,21 @@ def stage_main(argv: list[str] | None, *, doc: str, stage: str, run: Callable[..
     """--task, --params, --root, --no-track, then `run(plan, params, root=..., track=...)`.
 
     `run` returns the one-line JSON summary to print. Bad input is one `error:` line and
-    exit 2; a failed run (or one of `failed`) exits 1.
+    exit 2; a failed run (or one of `failed`) exits 1; Ctrl-C exits 130.
     """
-    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
-    from odt.envs import EnvMismatchError  # noqa: PLC0415
-
-    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    ap = Parser(prog=f"python -m pipeline.{stage}", description=doc.strip().splitlines()[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--root", default=".", help=root_help)
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = ap.parse_args(argv)
-    params, plan = load_or_exit(args.params, args.task)
     try:
-        summary = run(plan, params, root=Path(args.root), track=not args.no_track)
-    except (FileNotFoundError, ConfigError, EnvMismatchError, DatasetError) as err:
-        return fail(str(err))
-    except failed as err:
-        return fail(str(err), code=1)
-    except Exception as err:
-        return fail(f"{stage} {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)
-    print(json.dumps(summary))
-    return 0
+        params, plan = load_or_exit(args.params, args.task)
+        bad = bad_input()
+    except KeyboardInterrupt:
+        return fail(f"{stage} {args.task} interrupted; rerun to resume", code=INTERRUPTED)
+    code, summary = run_guarded(f"{stage} {args.task}", lambda: run(plan, params, root=Path(args.root),
+                                                                     track=not args.no_track), failed=failed, bad=bad)
+    if code == 0:
+        print(json.dumps(summary))
+    return code

@@ -8,7 +8,8 @@
 
 Runs odt.datasets.fetch: DIR/<task>.hdf5 (float32, `next_observations`, terminals/timeouts as
 D4RL) and DIR/<task>.json (provenance, sizes, returns, sha256, the dims Ant's environment pins),
-written into a temp directory that then replaces DIR, so DIR is never half-written.
+written into a temp directory that then replaces DIR, so DIR is never half-written. Actions
+outside [-1, 1] are rejected with one line; `--clip-actions` clips them instead, with a warning.
 Downloads and generated SAC runs are cached under --cache (default $ODT_CACHE or .cache).
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-steps", type=int, help="generate: SAC environment-step budget")
     ap.add_argument("--target-return", type=float, help="generate: stop SAC once evaluation reaches this return")
     ap.add_argument("--transitions", type=int, help="generate: size of the medium dataset")
+    ap.add_argument("--clip-actions", action="store_true",
+                    help="clip actions outside [-1, 1] to it, with a warning saying how many (default: reject the data)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--out", required=True, help="output directory (data/<task>)")
     args = ap.parse_args(argv)
@@ -71,11 +74,11 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
         options = {"seed": args.seed, "train_steps": args.train_steps, "target_return": args.target_return,
                    "transitions": args.transitions}
     return fetch_task(args.task, args.source, Path(args.out), cache=cache_root(args.cache), progress=not args.no_progress,
-                      **options)
+                      clip_actions=args.clip_actions, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import fail  # noqa: PLC0415
+    from pipeline.cli import fail, run_guarded  # noqa: PLC0415
 
     try:
         args = parse_args(argv)
@@ -86,18 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
     from odt.tasks import UnknownTaskError  # noqa: PLC0415
 
-    try:
-        meta = fetch(args)
-    except (DatasetError, GenerateError, UnknownTaskError) as err:
-        return fail(str(err))
-    except DownloadError as err:  # the input may be fine; the network was not
-        return fail(str(err), code=1)
-    except Exception as err:
-        return fail(f"fetch {args.task} failed: {type(err).__name__}: {err}", code=1, trace=True)
+    # DownloadError: the input may be fine; the network was not (exit 1)
+    code, meta = run_guarded(f"fetch {args.task}", lambda: fetch(args), failed=(DownloadError,),
+                             bad=(DatasetError, GenerateError, UnknownTaskError))
+    if code:
+        return code
+    if meta.get("clipped_actions"):
+        print(f"warning: {meta['clipped_actions']} of {meta['n_action_values']} action values were outside [-1, 1] "
+              f"and are clipped to it (--clip-actions)", file=sys.stderr)
     print(f"{args.task}: {meta['n_trajectories']} trajectories, {meta['n_transitions']} transitions, "
           f"normalized return {meta['normalized_mean']:.1f} (mean) from {args.source} -> {Path(args.out) / (args.task + '.hdf5')}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,15 +43,26 @@ def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], 
             "num_updates": run.trainer.num_updates, "hparams": hparams}
 
 
+def check_pretrained(root: Path, task: str, seeds: int) -> list[Path]:
+    """Pretraining seeds 0..seeds-1's checkpoints, each checked once here, before any seed or MLflow run starts:
+    missing (FileNotFoundError) or damaged (CheckpointError) is one line naming it."""
+    from odt.checkpoint import check_checkpoint  # noqa: PLC0415
+
+    checkpoints = [paths.pretrained(root, task, s) for s in range(seeds)]
+    missing = [c for c in checkpoints if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"pretrained checkpoint {missing[0]} does not exist; run `dvc repro pretrain@{task}` first")
+    for c in checkpoints:
+        check_checkpoint(c, how=f"restore it with `dvc checkout pretrain@{task}` or `dvc repro -f pretrain@{task}`")
+    return checkpoints
+
+
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
     """All seeds of one task (`parallel`: backend, n_jobs, address, threads_per_worker overrides)."""
     from odt.envs import check_dims, vector_env  # noqa: PLC0415
 
     root = Path(root).resolve()
-    checkpoints = [paths.pretrained(root, plan.name, s) for s in range(params.seeds)]
-    missing = [c for c in checkpoints if not c.is_file()]
-    if missing:
-        raise FileNotFoundError(f"pretrained checkpoint {missing[0]} does not exist; run `dvc repro pretrain@{plan.name}` first")
+    checkpoints = check_pretrained(root, plan.name, params.seeds)
     envs = vector_env(plan.env_fn(root), 1)  # a dims mismatch: one line, before any seed
     check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)
     envs.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from typing import Any, Callable, Iterable
 
 
@@ -29,13 +30,52 @@ def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: in
     return workers, max(1, min(threads, cores // workers))
 
 
+def init_worker() -> None:
+    """A loky worker's initializer.
+
+    Ctrl-C in the terminal reaches the whole process group: the worker ignores it, and the
+    stage stops its workers itself. A thread ends the worker within a second of the stage's
+    death (its parent: a killed stage's workers, busy or idle, would otherwise live on;
+    pipeline/heartbeat.py covers the workers of a cluster). tqdm's lock is a thread lock,
+    not its default multiprocessing one, whose named semaphore a killed worker would leak.
+    """
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from tqdm import std  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    std.tqdm.set_lock(threading.RLock())
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        os._exit(75)  # the stage is gone: reparented
+
+    threading.Thread(target=orphaned, name="odt-orphan-watch", daemon=True).start()
+
+
+def stop_workers(backend: str) -> None:
+    """Kill this machine's loky workers and release their semaphores (after Ctrl-C); dask and ray
+    workers end their seed jobs themselves once the stage's heartbeat is gone (pipeline/heartbeat.py)."""
+    if backend != "loky":
+        return
+    from joblib.externals.loky import reusable_executor  # noqa: PLC0415
+
+    executor = reusable_executor._executor  # the one joblib made; get_reusable_executor() could make another
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 @contextlib.contextmanager
 def joblib_backend(backend: str, n_jobs: int, address: str | None):
     """joblib.parallel_config for loky, dask (a distributed.Client) or ray."""
     import joblib  # noqa: PLC0415
 
     if backend == "loky":
-        with joblib.parallel_config(backend="loky", n_jobs=n_jobs):
+        # workers ignore Ctrl-C (the terminal sends it to them too): the stage stops them itself
+        with joblib.parallel_config(backend="loky", n_jobs=n_jobs, initializer=init_worker):
             yield
     elif backend == "dask":
         import distributed  # noqa: PLC0415

@@ -17,10 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.baselines.iql import IQLConfig
-from odt.baselines.sac import SACConfig
-from odt.config import ConfigError, FinetuneConfig, PretrainConfig, format_validation_error, validate
-from odt.model import ModelConfig
+from odt.config import (ConfigError, FinetuneConfig, IQLConfig, ModelConfig, PretrainConfig, SACConfig,
+                        format_validation_error, validate)
 from pipeline import paths
 from pipeline.tuning import TUNABLE, TuneParams, read_tuned, tuned_path
 
@@ -45,6 +43,7 @@ class FetchParams(_Strict):
     train_steps: PosInt | None = Field(None, alias="train-steps")
     target_return: float | None = Field(None, alias="target-return")
     transitions: PosInt | None = None
+    clip_actions: Literal[True] | None = Field(None, alias="clip-actions")  # clip actions outside [-1, 1] (default: reject)
 
     @model_validator(mode="after")
     def _check(self) -> "FetchParams":
@@ -214,7 +213,17 @@ def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(err)}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem with the line and column it points at (1-based, as an editor shows them)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    return where + (f" ({context}, line {start.line + 1})" if context and start is not None else "")
 
 
 def load_params(path: str | Path = "params.yaml", tasks: list[str] | None = None) -> tuple[Params, dict[str, TaskPlan]]:

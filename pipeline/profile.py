@@ -10,7 +10,6 @@ written. Then `dvc repro` re-runs exactly the stages whose parameters changed.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pydantic import Field, ValidationError
 
 from odt.atomic import write_text
 from odt.config import ConfigError, format_validation_error
-from pipeline.cli import fail
+from pipeline.cli import Parser, environment_error, fail
 from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
                              plan_task, read_yaml)
 from pipeline.tuning import TuneParams, tuned_path
@@ -124,7 +123,7 @@ def render(name: str, *, root: Path = ROOT, use_tuned: bool | None = None) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="write params.yaml from profiles/<name>.yaml")
+    ap = Parser(prog="python -m pipeline.profile", description="write params.yaml from profiles/<name>.yaml")
     ap.add_argument("name", nargs="?", help="profile name (profiles/<name>.yaml)")
     ap.add_argument("--use-tuned", action="store_true", default=None,
                     help="read the tuned learning rate and weight decay from reports/tune/<task>-<phase>.json")
@@ -143,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return fail(str(err))
     out = Path(args.out) if args.out else root / "params.yaml"
-    write_text(out, text)
+    try:
+        write_text(out, text)
+    except OSError as err:  # a read-only checkout: one line, params.yaml as it was
+        return fail(environment_error(err), code=1)
     print(f"wrote {out} (profile {args.name}); run `dvc repro`")
     return 0
 

@@ -11,14 +11,15 @@ Reads runs/<task>/{pretrain,finetune,dt,iql,sac}/seed_*/ for every task in param
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from odt.atomic import atomic_dir, write_json, write_text
+from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
 from pipeline import cli, curves, paths, table
 from pipeline.params import Params
@@ -57,13 +58,19 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
     root = Path(root)
     reports = Path(reports or root / "reports")
     results, all_curves = table.collect(params, root)
-    write_text(reports / "results.csv", results.to_csv(index=False, float_format="%.4f"))
-    write_text(reports / "results.md", table.markdown(results, params))
     metric_keys = [c for c in results.columns if c.endswith(("_mean", "_std")) or c.startswith("paper_")]
-    write_json(reports / "metrics.json", {r["task"]: {k: None if pd.isna(r[k]) else round(float(r[k]), 4) for k in metric_keys}
-                                          for r in results.to_dict("records")})
-    with atomic_dir(reports / "curves") as curve_dir, atomic_dir(reports / "pretrain_curves") as pre_dir, \
-            atomic_dir(reports / "plots") as plot_dir:
+    metrics = {r["task"]: {k: None if pd.isna(r[k]) else round(float(r[k]), 4) for k in metric_keys}
+               for r in results.to_dict("records")}
+    # every output is written in full before any replaces its old version: an error on the way (a
+    # full disk, a file-size limit) leaves the old report whole; the renames then follow one another
+    with contextlib.ExitStack() as outputs:
+        csv, md, metrics_json = (outputs.enter_context(atomic_path(reports / name))
+                                 for name in ("results.csv", "results.md", "metrics.json"))
+        curve_dir, pre_dir, plot_dir = (outputs.enter_context(atomic_dir(reports / name))
+                                        for name in ("curves", "pretrain_curves", "plots"))
+        csv.write_text(results.to_csv(index=False, float_format="%.4f"))
+        md.write_text(table.markdown(results, params))
+        metrics_json.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         for r in results.to_dict("records"):
             task, task_curves = r["task"], all_curves[r["task"]]
             online = online_curves(task_curves, r["online_samples"])
@@ -103,21 +110,20 @@ def _track(params: Params, root: Path, reports: Path, results: pd.DataFrame) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = cli.Parser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--root", default=".")
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = ap.parse_args(argv)
     params, _ = cli.load_or_exit(args.params)
-    try:
-        results = run_stage(params, root=Path(args.root), track=not args.no_track)
-    except ConfigError as err:
-        return cli.fail(str(err))
+    code, results = cli.run_guarded("report", lambda: run_stage(params, root=Path(args.root), track=not args.no_track),
+                                    bad=(ConfigError,))
+    if code:
+        return code
     cols = ["task", *(f"{c}_mean" for c in table.TITLES)]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(results[cols].round(2).to_string(index=False))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

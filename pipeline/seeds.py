@@ -3,19 +3,25 @@
 A stage names its result key (what determines its results: the work directory and the
 MLflow runs are keyed by its fingerprint) and one function `job(seed, seed_dir, logger)`
 that runs a seed (or resumes it from what `seed_dir` holds) and returns its result. A
-finished seed leaves `result.json` (written last), so a rerun skips it; the stage's
-output directory is replaced only when every seed has finished.
+finished seed leaves `result.json` (written last), so a rerun skips it. While the seeds
+run the stage holds its work directory with a heartbeat (pipeline/heartbeat.py): a worker
+whose stage is gone ends itself, and a second live run of the stage is refused. `finish`
+publishes the stage's output directory and its summary together, once every seed is done.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from odt.atomic import atomic_dir, copy_file, write_json
-from pipeline import caching, curves, parallel, paths
+from odt.atomic import atomic_dir, atomic_path, copy_file, write_json
+from pipeline import caching, curves, heartbeat, parallel, paths
 
 Job = Callable[[int, Path, Any], dict[str, Any]]  # (seed, seed_dir, logger or None) -> result
 
@@ -25,10 +31,11 @@ class SeedsFailed(RuntimeError):
 
 
 def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None, files: tuple[str, ...],
-          root: Path) -> dict[str, Any]:
+          root: Path, hb: dict | None = None) -> dict[str, Any]:
     """One seed in a worker process: never raises, so the other seeds finish and keep their results."""
     import torch  # noqa: PLC0415
 
+    stop = heartbeat.watch(hb)  # ends this process if the stage dies
     torch.set_num_threads(threads)
     info = {"seed": seed, "pid": os.getpid(), "threads": torch.get_num_threads()}
     try:
@@ -50,7 +57,12 @@ def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str
                 Tracker(root, tracking[0]).finish(tracking[1], "FAILED")
             except Exception:  # the store itself may be the problem; the stage reports the seed anyway
                 pass
-        return {**info, "ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        environment = isinstance(err, OSError)  # a full disk or a read-only directory: the message says it all
+        return {**info, "ok": False, "error": f"{type(err).__name__}: {' '.join(str(err).split())}",  # one line
+                "traceback": None if environment else traceback.format_exc()}
+    finally:
+        if stop is not None:
+            stop.set()
 
 
 def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], files: tuple[str, ...]) -> None:
@@ -70,14 +82,26 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], fi
     tracker.finish(run_id)
 
 
+def _stopped(tracker, runs: list[str], interrupted: bool) -> None:
+    """The stage stops before its seeds finished: its runs that did not finish are marked so."""
+    if interrupted and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+    if tracker is None:
+        return
+    for run_id in runs:
+        with contextlib.suppress(Exception):
+            if tracker.status(run_id) != "FINISHED":
+                tracker.finish(run_id, "KILLED" if interrupted else "FAILED")
+
+
 def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, out: Path, files: tuple[str, ...],
         track: bool = True, tags: dict[str, Any] | None = None, backend: str | None = None,
         n_jobs: int | None = None, address: str | None = None,
         threads_per_worker: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed end in `out/seed_<k>/`.
+    """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed will end in `out/seed_<k>/`.
 
     Returns the seeds' results in seed order and how it ran (work dir, workers, the MLflow
-    parent run: `tracker` and `parent`, for the stage's own summary).
+    parent run: `tracker` and `parent`, and what `finish` publishes).
     """
     root = Path(root).resolve()  # absolute: a dask or ray worker may run in another directory
     par = params.parallel
@@ -89,57 +113,70 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
     key = {**key, "torch_threads": threads}  # torch's CPU results depend on it
     fp = caching.fingerprint(key)
     work = paths.work_root(root, plan.name) / f"{name}-{fp}"
-    pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
-    workers = max(1, min(workers, len(pending)))
+    with heartbeat.heartbeat(work, f"{name} {plan.name}") as hb:
+        pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
+        workers = max(1, min(workers, len(pending)))
 
-    tracker = parent = None
-    children: dict[int, str] = {}
-    if track:
-        from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
-
-        tracker = Tracker(root)
-        exp = tracker.experiment(f"odt/{plan.name}")
-        tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, backend=backend, workers=workers,
-                          threads_per_worker=threads, algorithm=key.get("algorithm", name), **(tags or {}))
-        run_params = flat({k: v for k, v in key.items() if k != "stage"})
-        parent, _ = tracker.open(exp, f"{name}:{fp}", name, tags, run_params)
-        for s in seeds:
-            children[s], _ = tracker.open(exp, f"{name}:{fp}:seed{s}", f"seed {s}", {**tags, "seed": s},
-                                          {**run_params, "seed": s}, parent=parent)
-            if s not in pending:  # finished before a crash but not yet published
-                publish_run(tracker, children[s], work / f"seed_{s}", caching.done(work / f"seed_{s}" / "result.json"), files)
-
-    print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done before); "
-          f"{backend}, {workers} workers x {threads} torch threads", flush=True)
-    jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads, files=files,
-                 tracking=(tracker.uri, children[s]) if track else None, root=root) for s in pending]
-    try:
-        outcomes = parallel.run_parallel(_seed, jobs, backend=backend, n_jobs=workers, address=address)
-    except BaseException:
+        tracker = parent = None
+        children: dict[int, str] = {}
         if track:
-            tracker.finish(parent, "FAILED")
-        raise
+            from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
+
+            tracker = Tracker(root)
+            exp = tracker.experiment(f"odt/{plan.name}")
+            tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, backend=backend,
+                              workers=workers, threads_per_worker=threads, algorithm=key.get("algorithm", name),
+                              **(tags or {}))
+            run_params = flat({k: v for k, v in key.items() if k != "stage"})
+            parent, _ = tracker.open(exp, f"{name}:{fp}", name, tags, run_params)
+            for s in seeds:
+                children[s], _ = tracker.open(exp, f"{name}:{fp}:seed{s}", f"seed {s}", {**tags, "seed": s},
+                                              {**run_params, "seed": s}, parent=parent)
+                if s not in pending:  # finished before a crash but not yet published
+                    publish_run(tracker, children[s], work / f"seed_{s}",
+                                caching.done(work / f"seed_{s}" / "result.json"), files)
+
+        print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done "
+              f"before); {backend}, {workers} workers x {threads} torch threads", flush=True)
+        jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads,
+                     files=files, tracking=(tracker.uri, children[s]) if track else None, root=root, hb=hb)
+                for s in pending]
+        try:
+            outcomes = parallel.run_parallel(_seed, jobs, backend=backend, n_jobs=workers, address=address)
+        except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            if interrupted:
+                parallel.stop_workers(backend)
+            _stopped(tracker, [parent, *(children[s] for s in pending)] if track else [], interrupted)
+            raise
     failed = [o for o in outcomes if not o["ok"]]
     for o in failed:
-        print(f"--- {plan.name} seed {o['seed']} ---\n{o['traceback']}", file=sys.stderr)
+        if o["traceback"]:
+            print(f"--- {plan.name} seed {o['seed']} ---\n{o['traceback']}", file=sys.stderr)
     if failed:
         if track:
             tracker.finish(parent, "FAILED")
         raise SeedsFailed("; ".join(f"{name} {plan.name} seed {o['seed']} failed: {o['error']}" for o in failed)
                           + f" ({len(seeds) - len(failed)} other seeds finished and are kept for the rerun)")
-
-    with atomic_dir(out) as tmp:
-        for s in seeds:
-            for file in files:
-                copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
     results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
-    return results, {"work_dir": work, "tracker": tracker, "parent": parent,
+    return results, {"work_dir": work, "tracker": tracker, "parent": parent, "out": out, "files": files, "seeds": seeds,
                      "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
 
 
 def finish(how: dict[str, Any], summary: dict[str, Any], out: Path, *, step: int = 0) -> None:
-    """The stage's summary over seeds into `out` (its DVC metrics file) and its MLflow parent run, then that run ends."""
-    write_json(out, summary)
+    """Publish the seeds' files (`how["out"]/seed_<k>/`) and the summary over seeds (`out`, the DVC metrics file)
+    together, then log the summary to the MLflow parent run and end it.
+
+    Both are written in full before either replaces what was there, so an error while
+    writing (a full disk) leaves the old pair; a kill between the two renames leaves a
+    mix that DVC sees as an unfinished stage and re-runs (tests/test_pipeline_e2e.py).
+    """
+    work = how["work_dir"]
+    with atomic_path(out) as summary_tmp, atomic_dir(how["out"]) as tmp:
+        for s in how["seeds"]:
+            for file in how["files"]:
+                copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
+        summary_tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # as write_json writes it
     tracker, parent = how["tracker"], how["parent"]
     if tracker is not None and tracker.status(parent) != "FINISHED":
         tracker.log_metrics(parent, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=step)

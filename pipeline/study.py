@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from odt.config import ConfigError
-from odt.datasets.download import file_lock
+from odt.lock import file_lock
 from pipeline.tuning import TUNABLE, TuneParams
 
 DIRECTION = "maximize"

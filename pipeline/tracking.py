@@ -1,7 +1,8 @@
 """MLflow: one experiment per task, a parent run per stage, a child run per seed; odt's Logger adapter.
 
 Runs are found again by the tag `odt.run_key` (stage, task, fingerprint, seed), so a
-stage killed and rerun continues its run instead of opening a duplicate, and metric rows
+stage killed and rerun continues its run instead of opening a duplicate (found, or else
+created, under a file lock in the repository, so two processes never both create it), and metric rows
 already in the store are not logged twice (a row is new when its step is past the last
 logged step). Metrics go in batches through MlflowClient.log_batch.
 """
@@ -82,17 +83,26 @@ class Tracker:
         else:
             self.client = MlflowClient(self.uri)
 
+    def lock(self):
+        """Find-then-create under one lock, beside a sqlite store (else in the repository): two processes with one
+        run key make one run. The lock file is removed when released."""
+        from odt.lock import file_lock  # noqa: PLC0415
+
+        db = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else None
+        return file_lock(Path(db + ".lock") if db and db != ":memory:" else self.root / ".mlflow-runs.lock")
+
     def experiment(self, name: str) -> str:
-        exp = _retry(self.client.get_experiment_by_name, name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                _retry(self.client.restore_experiment, exp.experiment_id)
-            return exp.experiment_id
-        location = (self.root / "mlartifacts" / name.replace("/", "_")).as_uri() if self.local else None
-        try:
-            return _retry(self.client.create_experiment, name, artifact_location=location)
-        except Exception:  # created meanwhile by another process
-            return _retry(self.client.get_experiment_by_name, name).experiment_id
+        with self.lock():
+            exp = _retry(self.client.get_experiment_by_name, name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    _retry(self.client.restore_experiment, exp.experiment_id)
+                return exp.experiment_id
+            location = (self.root / "mlartifacts" / name.replace("/", "_")).as_uri() if self.local else None
+            try:
+                return _retry(self.client.create_experiment, name, artifact_location=location)
+            except Exception:  # created meanwhile by a process that does not share this lock (another machine)
+                return _retry(self.client.get_experiment_by_name, name).experiment_id
 
     def find(self, experiment_id: str, key: str):
         runs = _retry(self.client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{key}'",
@@ -102,13 +112,14 @@ class Tracker:
     def run(self, experiment_id: str, key: str, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
         """The run with this key: found (and marked running again unless finished) or created."""
         tags = {k: str(v) for k, v in tags.items()}
-        found = self.find(experiment_id, key)
-        if found is None:
-            all_tags = {RUN_KEY: key, "mlflow.runName": name, **tags}
-            if parent:
-                all_tags["mlflow.parentRunId"] = parent
-            run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
-            return run.info.run_id
+        with self.lock():
+            found = self.find(experiment_id, key)
+            if found is None:
+                all_tags = {RUN_KEY: key, "mlflow.runName": name, **tags}
+                if parent:
+                    all_tags["mlflow.parentRunId"] = parent
+                run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
+                return run.info.run_id
         run_id = found.info.run_id
         for k, v in tags.items():
             _retry(self.client.set_tag, run_id, k, v)

@@ -12,7 +12,6 @@ child run per trial. Writes reports/tune/<task>-<phase>.json (what `use_tuned: t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -22,6 +21,7 @@ from typing import Any, Mapping
 from odt.atomic import write_json
 from odt.config import ConfigError
 from pipeline import cli, paths, study
+from pipeline.finetune import check_pretrained
 from pipeline.params import Params, TaskPlan, phase_config
 from pipeline.study_results import NoCompleteTrial, summarize, write_plots
 from pipeline.study_tracking import StudyTracking
@@ -120,10 +120,10 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, journal, plots
     tune = params.tune
     budget, eval_every = trial_budget(plan, tune, phase)
-    needed = paths.dataset(root, plan.name) if phase == "pretrain" else paths.pretrained(root, plan.name, 0)
-    if not needed.is_file():
-        what, stage = ("dataset", "fetch") if phase == "pretrain" else ("pretrained checkpoint", "pretrain")
-        raise study.StudyError(f"{what} {needed} does not exist; run `dvc repro {stage}@{plan.name}` first")
+    if phase == "pretrain" and not paths.dataset(root, plan.name).is_file():
+        raise study.StudyError(f"dataset {paths.dataset(root, plan.name)} does not exist; run `dvc repro fetch@{plan.name}` first")
+    if phase == "finetune":  # missing or damaged: one line before any trial
+        check_pretrained(root, plan.name, 1)
     name = study_name or f"{plan.name}-{phase}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, label = study.open_storage(storage or tune.storage, root, heartbeat=heartbeat, grace=grace)
@@ -159,7 +159,7 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = cli.Parser(prog="python -m pipeline.tune", description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--phase", required=True, choices=["pretrain", "finetune"])
     ap.add_argument("--params", default="params.yaml")
@@ -187,16 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(args.threads)
-    try:
-        summary = run_stage(plan, params, args.phase, root=Path(args.root), n_trials=args.n_trials, timeout=args.timeout,
-                            storage=args.storage, study_name=args.study, track=not args.no_track,
-                            heartbeat=args.heartbeat, grace=args.grace)
-    except ConfigError as err:
-        return cli.fail(str(err))
-    except NoCompleteTrial as err:
-        return cli.fail(str(err), code=1)
-    except Exception as err:
-        return cli.fail(f"tune {args.task} {args.phase} failed: {type(err).__name__}: {err}", code=1, trace=True)
+    code, summary = cli.run_guarded(
+        f"tune {args.task} {args.phase}", lambda: run_stage(
+            plan, params, args.phase, root=Path(args.root), n_trials=args.n_trials, timeout=args.timeout,
+            storage=args.storage, study_name=args.study, track=not args.no_track, heartbeat=args.heartbeat,
+            grace=args.grace),
+        failed=(NoCompleteTrial,), bad=cli.bad_input())
+    if code:
+        return code
     print(json.dumps({k: summary[k] for k in ("task", "phase", "best_params", "best_value", "n_trials", "states")}))
     return 0
 

@@ -44,3 +44,42 @@ def hopper_random_hdf5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "hopper-random.hdf5"
     write_d4rl_hdf5(path, trajectories)
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
+    """A root with the tiny profile cut to one task and 4 seeds, its dataset and every seed pretrained."""
+    import shutil
+
+    import yaml
+
+    from helpers import FT_SEEDS, FT_TASK
+    from pipeline import paths, pretrain
+    from pipeline.params import load_params
+    from pipeline.profile import render
+
+    root = tmp_path_factory.mktemp("pretrained")
+    raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
+    raw["seeds"] = FT_SEEDS
+    raw["tasks"], raw["baselines"] = {FT_TASK: raw["tasks"][FT_TASK]}, {}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data" / FT_TASK).mkdir(parents=True)
+    shutil.copy(hopper_random_hdf5, paths.dataset(root, FT_TASK))
+    params, plans = load_params(root / "params.yaml")
+    pretrain.run_stage(plans[FT_TASK], params, root=root, track=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def baseline(pretrained, tmp_path_factory) -> dict:
+    """The finetune stage run once, uninterrupted, on the default backend (loky): what every fault must reproduce."""
+    from helpers import FT_SEEDS, FT_TASK, finetune_results, stage_inputs
+    from pipeline import finetune
+    from pipeline.params import load_params
+
+    root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
+    params, plans = load_params(root / "params.yaml")
+    assert params.parallel.backend == "loky"
+    out = finetune.run_stage(plans[FT_TASK], params, root=root, track=False)
+    assert out["summary"]["seeds"] == FT_SEEDS
+    return {"results": finetune_results(root), "workers": out["workers"], "root": root}

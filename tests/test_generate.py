@@ -14,6 +14,8 @@ from odt.datasets.hdf5 import load_d4rl_hdf5
 from odt.envs import fixed_observation_dims
 from odt.tasks import get_task
 
+from helpers import killed_writers_temp
+
 TINY = {"seed": 3, "train_steps": 300, "transitions": 400}
 
 
@@ -68,7 +70,7 @@ def test_tiny_hopper_run_makes_both_datasets(hopper_run, count_runs):
 
 def test_same_seed_same_data_and_concurrent_fetches_train_once(hopper_run, tmp_path, count_runs):
     _, medium, _ = hopper_run
-    stale = tmp_path / f".{medium.parent.name}.tmp-dead"  # left by a killed run
+    stale = killed_writers_temp(tmp_path / medium.parent.name)  # left by a killed run
     stale.mkdir()
     results = []
     threads = [threading.Thread(target=lambda t=t: results.append(generate_task(t, cache_dir=tmp_path, **TINY)))

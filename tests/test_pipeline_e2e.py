@@ -109,7 +109,7 @@ def test_dashboards_show_the_runs_the_study_and_the_curves_in_a_browser(repro, t
 def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     repo, uri, env, dvc, commit, out = (repro[k] for k in ("repo", "uri", "env", "dvc", "commit", "out"))
     per_task = {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune", "dt", "iql") for t in TASKS}
-    assert stages_run(out) == per_task | {f"sac@{TASKS[0]}", "report"}  # SAC once per environment
+    assert stages_run(out) == per_task | {"params", f"sac@{TASKS[0]}", "report"}  # SAC once per environment
     assert (repo / "dvc.lock").is_file()
 
     # the table: all eight columns of Table 5.1 for every task, each over 10 seeds, the paper's beside ours
@@ -216,9 +216,10 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     params_path = repo / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["tasks"][TASKS[0]]["finetune"]["updates_per_round"] = 4
+    old_summary = (repo / "runs" / TASKS[0] / "finetune.json").read_bytes()
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(dvc, "repro", cwd=repo, env=env)
-    assert stages_run(out) == {f"finetune@{TASKS[0]}", "report"}, out
+    assert stages_run(out) == {"params", f"finetune@{TASKS[0]}", "report"}, out  # the check, then what the key touches
     assert len(runs(f"odt/{TASKS[0]}")) == counts[TASKS[0]] + 1 + SEEDS  # a new parent and its seeds
     assert len(runs(f"odt/{TASKS[1]}")) == counts[TASKS[1]]
     assert len(runs("odt/report")) == 2
@@ -231,3 +232,33 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     for p in sorted((repo / "runs" / TASKS[0] / "finetune").glob("seed_*/result.json")):
         r = json.loads(p.read_text())
         assert r["num_updates"] == r["rounds"] * 4 + 20, r  # 20 pretraining updates, then 4 per round
+
+    # a kill between the two renames that publish finetuning (its seeds, then its summary) leaves the new
+    # seeds beside the old summary: DVC sees the stage's outputs changed and puts them back whole (from its
+    # run cache, or by re-running the stage, which then only publishes); the report is up to date again
+    new_summary = (repo / "runs" / TASKS[0] / "finetune.json").read_bytes()
+    counts = {t: len(runs(f"odt/{t}")) for t in TASKS}
+    (repo / "runs" / TASKS[0] / "finetune.json").write_bytes(old_summary)
+    assert f"finetune@{TASKS[0]}" in sh(dvc, "status", cwd=repo, env=env)
+    out = sh(dvc, "repro", cwd=repo, env=env)
+    assert (stages_run(out) == {f"finetune@{TASKS[0]}"}
+            or f"Stage 'finetune@{TASKS[0]}' is cached - skipping run, checking out outputs" in out), out
+    assert stages_run(out) <= {f"finetune@{TASKS[0]}"}, out
+    assert (repo / "runs" / TASKS[0] / "finetune.json").read_bytes() == new_summary
+    assert "up to date" in sh(dvc, "status", cwd=repo, env=env)
+    assert {t: len(runs(f"odt/{t}")) for t in TASKS} == counts
+
+    # a misspelt top-level key: `dvc repro` stops at the params stage with one line; nothing else runs or changes
+    def outputs() -> dict[str, bytes]:
+        return {str(p.relative_to(repo)): p.read_bytes() for d in ("runs", "reports", "data") for p in sorted((repo / d).rglob("*"))
+                if p.is_file()}
+
+    before, good = outputs(), params_path.read_text()
+    params_path.write_text(good.replace("\nseeds: 10\n", "\nseedz: 10\n"))
+    proc = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "error: invalid params.yaml: unknown field 'seedz' (check the spelling)" in proc.stdout + proc.stderr
+    assert stages_run(proc.stdout + proc.stderr) == {"params"}
+    assert outputs() == before
+    params_path.write_text(good)
+    assert stages_run(sh(dvc, "repro", cwd=repo, env=env)) == set()  # fixed: nothing to do

@@ -1,7 +1,8 @@
 """The finetune stage: kill -9 and resume, a failing seed, dask and ray clusters vs loky, threads per worker.
 
-Every test starts from the same pretrained checkpoint (tiny profile, one task, 4 seeds)
-and compares with one uninterrupted run on the default backend, value for value.
+Every test starts from the same pretrained checkpoint (tiny profile, one task, 4 seeds:
+conftest's `pretrained`) and compares with one uninterrupted run on the default backend
+(`baseline`), value for value.
 """
 from __future__ import annotations
 
@@ -12,67 +13,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline import finetune, parallel, paths, pretrain
+from helpers import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results as results, stage_inputs
+from pipeline import finetune, parallel, paths
 from pipeline.params import load_params
-from pipeline.profile import render
 from services import BIN, README, Service, alive, commands, free_port, recipe, service_env, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK = "hopper-medium-v2"
-SEEDS = 4
-
-
-def stage_inputs(root: Path, src: Path) -> Path:
-    """params.yaml, dataset and every seed's pretrained checkpoint (copied from `src`), no work directory."""
-    root.mkdir(parents=True, exist_ok=True)
-    for rel in ("params.yaml", f"data/{TASK}/{TASK}.hdf5"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, root / rel)
-    shutil.copytree(src / "runs" / TASK / "pretrain", root / "runs" / TASK / "pretrain")
-    return root
-
-
-def results(root: Path) -> dict[int, dict]:
-    """Per-seed result.json and curve.csv as published by the stage, wall time left out."""
-    out = {}
-    for seed in range(SEEDS):
-        seed_dir = paths.run_dir(root, TASK, "finetune") / f"seed_{seed}"
-        result = json.loads((seed_dir / "result.json").read_text())
-        result.pop("wall_time")
-        out[seed] = {"result": result, "curve": (seed_dir / "curve.csv").read_text()}
-    return out
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
-    root = tmp_path_factory.mktemp("pretrained")
-    raw = yaml.safe_load(render("tiny", root=ROOT))
-    raw["seeds"] = SEEDS
-    raw["tasks"], raw["baselines"] = {TASK: raw["tasks"][TASK]}, {}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    (root / "data" / TASK).mkdir(parents=True)
-    shutil.copy(hopper_random_hdf5, paths.dataset(root, TASK))
-    params, plans = load_params(root / "params.yaml")
-    pretrain.run_stage(plans[TASK], params, root=root, track=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def baseline(pretrained, tmp_path_factory) -> dict:
-    """An uninterrupted run on the default backend (loky)."""
-    root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
-    params, plans = load_params(root / "params.yaml")
-    assert params.parallel.backend == "loky"
-    out = finetune.run_stage(plans[TASK], params, root=root, track=False)
-    assert out["summary"]["seeds"] == SEEDS
-    return {"results": results(root), "workers": out["workers"]}
 
 
 def finetune_work_dir(plan, params, root: Path) -> Path:
@@ -149,7 +101,7 @@ def test_a_failing_seed_fails_the_stage_naming_it_and_keeps_the_others(pretraine
     args = ["--task", TASK, "--root", str(root), "--params", str(root / "params.yaml"), "--no-track"]
     assert finetune.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: finetune {TASK} seed 2 failed: ValueError: checkpoint ")
+    assert err.startswith(f"error: finetune {TASK} seed 2 failed: CheckpointError: checkpoint ")
     assert err.endswith(f"({SEEDS - 1} other seeds finished and are kept for the rerun)")
     assert sorted(p.parent.name for p in work.glob("seed_*/result.json")) == ["seed_0", "seed_1", "seed_3"]
     assert not paths.run_dir(root, TASK, "finetune").exists()  # nothing half-published

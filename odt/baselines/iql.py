@@ -18,17 +18,16 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
-from odt.config import NonNegInt, PosFloat, PosInt, _Config
+from odt.config import IQLConfig
 from odt.data import Trajectory
 from odt.envs import check_dims, vector_env
 from odt.evaluation import eval_seeds, run_episodes, score
@@ -37,27 +36,6 @@ from odt.loops import EnvFn, Run
 from odt.trainer import resolve_device
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-class IQLConfig(_Config):
-    """IQL's published settings for locomotion (AntMaze: expectile 0.9, temperature 10)."""
-
-    hidden_dim: PosInt = 256
-    n_hidden: PosInt = 2
-    learning_rate: PosFloat = 3e-4  # Adam, all three networks; the actor's decays to 0 on a cosine
-    batch_size: PosInt = 256
-    discount: Annotated[float, Field(gt=0, le=1)] = 0.99
-    tau: Annotated[float, Field(gt=0, le=1)] = 0.005  # target-network update
-    expectile: Annotated[float, Field(gt=0, lt=1)] = 0.7
-    temperature: PosFloat = 3.0  # beta, the inverse temperature of the advantage weights
-    max_weight: PosFloat = 100.0  # advantage weights are clipped here
-    offline_updates: NonNegInt = 1_000_000
-    online_samples: NonNegInt = 200_000  # environment steps online, one update each
-    buffer_size: PosInt = 2_000_000  # transitions: the offline data, then FIFO
-    log_every: PosInt = 1000  # updates between two logged rows
-    checkpoint_every: PosInt = 10_000  # updates between two checkpoints (online: at the next episode's end)
-    eval_every: PosInt = 10_000  # online environment steps between two evaluations
-    eval_episodes: PosInt = 10
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

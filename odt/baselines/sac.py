@@ -23,29 +23,13 @@ import numpy as np
 import torch
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
-from odt.config import NonNegInt, PosFloat, PosInt, _Config
+from odt.config import SACConfig
 from odt.envs import check_dims, vector_env
 from odt.evaluation import eval_seeds, run_episodes, score
 from odt.logger import Logger, NullLogger
 from odt.loops import EnvFn, Run
 
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
-
-
-class SACConfig(_Config):
-    hidden_dim: PosInt = 256
-    n_hidden: PosInt = 2
-    learning_rate: PosFloat = 3e-4
-    batch_size: PosInt = 256
-    discount: PosFloat = 0.99
-    tau: PosFloat = 0.005
-    buffer_size: PosInt = 1_000_000
-    random_steps: NonNegInt = 10_000  # uniformly random actions first; at most a tenth of the budget
-    online_samples: NonNegInt = 200_000
-    log_every: PosInt = 1000  # environment steps between two rows (at the next episode's end)
-    checkpoint_every: PosInt = 10_000  # environment steps between two checkpoints (at the next episode's end)
-    eval_every: PosInt = 10_000
-    eval_episodes: PosInt = 10
 
 
 def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0, device: str = "cpu",

@@ -4,21 +4,31 @@
     fetch_d4rl(url, cache_dir)       download a D4RL file into a cache (resumable, verified)
     load_minari(id_or_spec, task)    read a Minari dataset
     generate_task(task, seed=...)    medium / medium-replay data from one cached SAC run
-"""
-from odt.datasets.download import DownloadError, fetch_d4rl
-from odt.datasets.generate import GenerateError, generate_task
-from odt.datasets.hdf5 import DatasetError, ends_with_tail, load_d4rl_hdf5, read_metadata, write_d4rl_hdf5
-from odt.datasets.minari_io import load_minari
 
-__all__ = [
-    "DatasetError",
-    "DownloadError",
-    "GenerateError",
-    "ends_with_tail",
-    "fetch_d4rl",
-    "generate_task",
-    "load_d4rl_hdf5",
-    "load_minari",
-    "read_metadata",
-    "write_d4rl_hdf5",
-]
+Imported on first use, like `odt`'s names: `odt.datasets.download` alone needs no torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "odt.datasets.download": ("DownloadError", "fetch_d4rl"),
+    "odt.datasets.generate": ("GenerateError", "generate_task"),
+    "odt.datasets.hdf5": ("DatasetError", "ends_with_tail", "load_d4rl_hdf5", "read_metadata", "write_d4rl_hdf5"),
+    "odt.datasets.minari_io": ("load_minari",),
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE:
+        raise AttributeError(f"module 'odt.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,8 +8,6 @@ checked before it is reused and a damaged one is fetched again.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -22,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from odt.atomic import atomic_path
+from odt.lock import file_lock
 
 CHUNK = 1 << 20
 MAX_STALLS = 3  # consecutive attempts that bring no new byte before giving up
@@ -45,18 +44,6 @@ def cached_path(url: str, cache_dir: str | os.PathLike) -> Path:
     if not name:
         raise DownloadError(f"{url}: the URL names no file")
     return Path(cache_dir) / name
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock held while the body runs: a second process waits instead of writing alongside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _unreachable(url: str, dest: Path, reason: object) -> DownloadError:

@@ -6,7 +6,8 @@ Sources: `d4rl` (download the original file), `minari` (the Minari dataset holdi
 data), `generate` (SAC data made here) and `file` (a D4RL-layout .hdf5 you have). The
 output directory gets <task>.hdf5 and <task>.json (where it came from, trajectory count,
 returns, sha256 of the file, and for Ant the contact-force dims the environment must pin:
-`odt.envs.load_fixed_obs`), both written into a temp directory that then replaces it.
+`odt.envs.load_fixed_obs`), both written into a temp directory that then replaces it. Actions
+outside [-1, 1] are rejected unless `clip_actions` (then clipped, and counted in the JSON).
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import numpy as np
 from odt.atomic import atomic_dir, write_json
 from odt.data import Trajectory
 from odt.datasets.download import sha256_file
-from odt.datasets.hdf5 import ends_with_tail, load_d4rl_hdf5, write_d4rl_hdf5
+from odt.datasets.hdf5 import DatasetError, ends_with_tail, load_d4rl_hdf5, write_d4rl_hdf5
 from odt.tasks import get_task, normalized_score
 
 SOURCES = ("d4rl", "minari", "generate", "file")
+ACTION_BOUND = 1.0  # every task's action space is [-1, 1]
 
 
 def load_source(task: str, source: str, *, url: str | None = None, path: str | Path | None = None,
@@ -35,6 +37,7 @@ def load_source(task: str, source: str, *, url: str | None = None, path: str | P
         trajectories, dataset_id = load_minari(spec)
         return trajectories, {"minari_id": dataset_id}, False
     if source == "file":
+        check_file(Path(path))
         origin = {"path": str(path)}
     elif source == "d4rl":
         from odt.datasets.download import fetch_d4rl  # noqa: PLC0415
@@ -50,6 +53,31 @@ def load_source(task: str, source: str, *, url: str | None = None, path: str | P
         raise ValueError(f"unknown source {source!r} (choose from: {', '.join(SOURCES)})")
     trajectories = load_d4rl_hdf5(path, task)
     return trajectories, {**origin, "input_sha256": sha256_file(path)}, ends_with_tail(path)
+
+
+def check_file(path: Path) -> None:
+    """`--source file --path PATH`: one line when PATH is missing or a directory, naming the .hdf5 files inside."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.hdf5"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise DatasetError(f"--path {path} is a directory{hint}; --path names the D4RL-layout .hdf5 file itself")
+    if not path.exists():
+        raise DatasetError(f"--path {path}: no such file")
+
+
+def check_actions(trajectories: list[Trajectory], where: str, *, clip: bool = False) -> int:
+    """Actions must lie in [-1, 1], the environments' range and the policy's tanh: a DatasetError saying how many
+    do not (and their min and max), or with `clip`, clip them (new arrays) and return how many were clipped."""
+    actions = [t.actions for t in trajectories]
+    outside = sum(int((np.abs(a) > ACTION_BOUND).sum()) for a in actions)
+    if outside and not clip:
+        lo, hi = min(float(a.min()) for a in actions), max(float(a.max()) for a in actions)
+        total = sum(a.size for a in actions)
+        raise DatasetError(f"{where}: {outside} of {total} action values lie outside [-1, 1] (min {lo:.4g}, max {hi:.4g}); "
+                           f"fix the data, or pass --clip-actions (fetch block: clip-actions: true) to clip them")
+    for t in trajectories if outside else ():
+        t.actions = np.clip(t.actions, -ACTION_BOUND, ACTION_BOUND)
+    return outside
 
 
 def summarize(task: str, trajectories: list[Trajectory]) -> dict[str, Any]:
@@ -71,10 +99,17 @@ def summarize(task: str, trajectories: list[Trajectory]) -> dict[str, Any]:
     }
 
 
-def fetch(task: str, source: str, out: str | Path, **options: Any) -> dict[str, Any]:
-    """Load `task` from `source` (options as `load_source`) into `out`/<task>.hdf5 and <task>.json; returns the JSON."""
+def fetch(task: str, source: str, out: str | Path, *, clip_actions: bool = False, **options: Any) -> dict[str, Any]:
+    """Load `task` from `source` (options as `load_source`) into `out`/<task>.hdf5 and <task>.json; returns the JSON.
+
+    Actions outside [-1, 1] are rejected (DatasetError), or with `clip_actions` clipped, the
+    JSON's `clipped_actions` saying how many.
+    """
     trajectories, origin, tail = load_source(task, source, **options)
-    meta = {"source": source, **summarize(task, trajectories), "origin": origin}
+    where = origin.get("path") or origin.get("minari_id") or source
+    clipped = check_actions(trajectories, where, clip=clip_actions)
+    meta = {"source": source, **summarize(task, trajectories), "origin": origin,
+            "n_action_values": sum(t.actions.size for t in trajectories), "clipped_actions": clipped}
     if source == "generate":
         meta["note"] = "generated with SAC in gymnasium, not D4RL data: compare with the paper in trend only"
     with atomic_dir(out) as tmp:

@@ -23,7 +23,7 @@ import torch
 
 from odt.atomic import atomic_dir
 from odt.data import Trajectory
-from odt.datasets.download import file_lock
+from odt.lock import file_lock
 from odt.datasets.hdf5 import write_d4rl_hdf5
 from odt.tasks import TaskSpec, get_task
 

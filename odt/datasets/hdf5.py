@@ -27,8 +27,10 @@ class DatasetError(ValueError):
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory, not an HDF5 file; name the .hdf5 file itself")
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file (fetch it first, or pass --source generate for offline data)")
+        raise DatasetError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
     except OSError as err:

@@ -1,0 +1,202 @@
+"""No worker outlives its stage: SIGKILL of the stage alone, Ctrl-C, a rerun taking over, a second live run.
+
+The finetune stage (tiny profile, 4 seeds, loky) must give the uninterrupted numbers after
+each fault; the heartbeat itself is exercised on a dask cluster with a stand-in stage whose
+jobs tick into files (tests/ticking_stage.py), so the test sees when a job last wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results, stage_inputs
+from pipeline import heartbeat, paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_finetune(root: Path, uri: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root), "--params", str(root / "params.yaml")]
+    from pipeline.tracking import Tracker
+
+    Tracker(root, uri).experiment(f"odt/{TASK}")  # the store exists: MLflow's "creating tables" lines are not the stage's
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def mid_run(proc: subprocess.Popen, root: Path) -> Path:
+    """Wait until one seed has finished and another is mid-way; the work directory."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        for work in (root / ".cache" / "work" / TASK).glob("finetune-*"):
+            done = list(work.glob("seed_*/result.json"))
+            running = [p for p in work.glob("seed_*/state.pt") if not (p.parent / "result.json").exists()]
+            if done and running:
+                return work
+        time.sleep(0.02)
+    raise AssertionError(f"no moment with a finished and a running seed:\n{proc.communicate()[1]}")
+
+
+def snapshot(work: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(work)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*")) if p.is_file()}
+
+
+def gone(procs: list[psutil.Process], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def assert_resumes_to_the_uninterrupted_run(root: Path, uri: str, baseline: dict, work: Path) -> None:
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root),
+                            "--params", str(root / "params.yaml")], cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"of {SEEDS} seeds to run" in rerun.stdout and f"{SEEDS} of {SEEDS} seeds" not in rerun.stdout
+    assert finetune_results(root) == baseline["results"]  # bit for bit
+    assert not list(work.rglob(".*.tmp-*")) and not (work / "heartbeat.json").exists() and not (work / "stage.lock").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
+    assert sorted(r.data.tags.get("seed", "parent") for r in runs) == [*map(str, range(SEEDS)), "parent"]  # no duplicate
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_stage_alone_leaves_no_worker_and_the_rerun_gives_the_uninterrupted_numbers(pretrained, baseline,
+                                                                                                    tmp_path):
+    root, uri = stage_inputs(tmp_path / "repo", pretrained), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = start_finetune(root, uri)
+    work = mid_run(proc, root)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len([w for w in workers if "loky" in " ".join(w.cmdline())]) >= 2
+    os.kill(proc.pid, signal.SIGKILL)  # the stage only, not its process group: its workers are orphaned
+    proc.communicate()
+    assert gone(workers, within=5), [w.cmdline() for w in workers if w.is_running()]
+    before = snapshot(work)
+    time.sleep(2)
+    assert snapshot(work) == before  # nothing writes into the state the rerun will use
+    assert not paths.run_dir(root, TASK, "finetune").exists()
+    assert_resumes_to_the_uninterrupted_run(root, uri, baseline, work)
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_no_worker_left_and_the_rerun_resumes(pretrained, baseline, tmp_path):
+    root, uri = stage_inputs(tmp_path / "repo", pretrained), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = start_finetune(root, uri)
+    work = mid_run(proc, root)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the stage and its workers at once
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.splitlines() == [f"error: finetune {TASK} interrupted; rerun to resume"]  # no traceback, no leak warning
+    assert gone(workers, within=5)
+    assert not paths.run_dir(root, TASK, "finetune").exists() and not (root / "runs" / TASK / "finetune.json").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
+    done = {int(p.parent.name.split("_")[1]) for p in work.glob("seed_*/result.json")}
+    for r in runs:  # stopped, not left RUNNING (a seed that finished may have been cut short while publishing its run)
+        seed = r.data.tags.get("seed")
+        assert r.info.status in (("FINISHED", "KILLED") if seed is not None and int(seed) in done else ("KILLED",)), \
+            (seed, r.info.status)
+    assert_resumes_to_the_uninterrupted_run(root, uri, baseline, work)
+
+
+def ticking_stage(root: Path, backend: str, address: str | None = None, ticks: int = 600,
+                  go: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "TICKS": str(ticks), "GO": str(go or "")}
+    return subprocess.Popen([sys.executable, "-m", "ticking_stage", str(root), backend, *([address] if address else [])],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def ticks(root: Path) -> list[tuple[float, int]]:
+    rows = [line.split() for f in sorted(root.glob("ticks-*.txt")) for line in f.read_text().splitlines() if line.strip()]
+    return sorted((float(t), int(pid)) for t, pid in rows)
+
+
+def ticking(root: Path, proc: subprocess.Popen, n: int = 5) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if all(len(p.read_text().splitlines()) >= n for p in (root / "ticks-0.txt", root / "ticks-1.txt") if p.exists()) \
+                and len(list(root.glob("ticks-*.txt"))) == 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the jobs never ticked:\n{proc.communicate()[1]}")
+
+
+@pytest.mark.slow
+def test_a_dask_job_ends_when_its_stage_is_killed_or_a_rerun_takes_over(tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        # killed: the heartbeat stops, and after STALE_S the watchdogs end the cluster's worker processes
+        root = tmp_path / "killed"
+        root.mkdir()
+        proc = ticking_stage(root, "dask", addr)
+        ticking(root, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.time()
+        proc.communicate()
+        time.sleep(heartbeat.STALE_S + 3)
+        seen = ticks(root)
+        assert killed_at + heartbeat.STALE_S - 2 < seen[-1][0] < killed_at + heartbeat.STALE_S + 2  # ended by staleness
+        assert not any(psutil.pid_exists(pid) for pid in {pid for _, pid in seen})  # the job's process itself ended
+        time.sleep(1)
+        assert ticks(root) == seen
+
+        # taken over: a rerun writes its token, and the old jobs end before it dispatches its own
+        root = tmp_path / "taken-over"
+        root.mkdir()
+        first = ticking_stage(root, "dask", addr)
+        rerun = ticking_stage(root, "dask", addr, ticks=3, go=tmp_path / "go")  # imported, waiting
+        ticking(root, first)
+        os.kill(first.pid, signal.SIGKILL)
+        killed_at = time.time()
+        first.communicate()
+        old = {pid for _, pid in ticks(root)}
+        (tmp_path / "go").touch()
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err
+        old_ticks = [t for t, pid in ticks(root) if pid in old]
+        new_ticks = [t for t, pid in ticks(root) if pid not in old]
+        assert len(new_ticks) == 6 and max(old_ticks) < min(new_ticks)  # never two writers at once
+        assert max(old_ticks) < min(new_ticks) - heartbeat.POLL_S  # the rerun waited for them to go
+        assert max(old_ticks) < killed_at + heartbeat.STALE_S - 1  # ended by the new token, before staleness would
+
+
+@pytest.mark.slow
+def test_a_second_live_run_of_a_stage_is_refused_with_one_line(tmp_path):
+    first = ticking_stage(tmp_path, "loky")
+    try:
+        ticking(tmp_path, first)
+        pid = json.loads(next(tmp_path.glob(".cache/work/tick/tick-*/heartbeat.json")).read_text())["pid"]
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "ticking_stage", str(tmp_path), "loky"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+        assert second.returncode == 1
+        assert second.stderr.splitlines() == [
+            f"error: tick tick: another run of this stage (pid {pid} on {heartbeat.HOST}) is working in "
+            f"{next(tmp_path.glob('.cache/work/tick/tick-*'))}; wait for it to end, or stop it"]
+        assert time.monotonic() - started < 30
+        before = len(ticks(tmp_path))
+        time.sleep(1)
+        assert len(ticks(tmp_path)) > before and first.poll() is None  # the first run goes on, undisturbed
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
