@@ -23,17 +23,20 @@ _WHERE = {
     "odt.replay": ("Batch", "TrajectoryReplayBuffer"),
     "odt.trainer": ("ODTTrainer", "load_policy"),
 }
-_MODULE = {name: module for module, names in _WHERE.items() for name in names}
-__all__ = sorted(_MODULE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE:
-        raise AttributeError(f"module 'odt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+def lazy_exports(where: dict[str, tuple[str, ...]], package: str):
+    """`__all__`, `__getattr__` and `__dir__` for a package whose names (module: names) are imported on first use."""
+    module_of = {name: module for module, names in where.items() for name in names}
+    namespace = importlib.import_module(package).__dict__
+
+    def getattr_(name: str) -> Any:
+        if name not in module_of:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = namespace[name] = getattr(importlib.import_module(module_of[name]), name)  # once: then found directly
+        return value
+
+    return sorted(module_of), getattr_, lambda: sorted(set(namespace) | set(module_of))
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(_WHERE, __name__)

@@ -90,13 +90,15 @@ def load_or_exit(path: str | Path, task: str | None = None):
     return params, plans.get(task) if task else None
 
 
-def stage_main(argv: list[str] | None, *, doc: str, stage: str, run: Callable[..., dict[str, Any]], root_help: str,
-               failed: tuple[type[Exception], ...] = ()) -> int:
-    """--task, --params, --root, --no-track, then `run(plan, params, root=..., track=...)`.
+def stage_main(argv: list[str] | None, *, doc: str, stage: str, run_stage: Callable[..., dict[str, Any]],
+               fields: tuple[str, ...], root_help: str = "repository root (data/, runs/ and mlflow.db live there)") -> int:
+    """A seeds stage's command: --task, --params, --root, --no-track, then `run_stage(plan, params, root=..., track=...)`.
 
-    `run` returns the one-line JSON summary to print. Bad input is one `error:` line and
-    exit 2; a failed run (or one of `failed`) exits 1; Ctrl-C exits 130.
+    Prints the summary's `fields` as one line of JSON. Bad input is one `error:` line and
+    exit 2; a failed run (or seed) exits 1; Ctrl-C exits 130.
     """
+    from pipeline.seeds import SeedsFailed  # noqa: PLC0415
+
     ap = Parser(prog=f"python -m pipeline.{stage}", description=doc.strip().splitlines()[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--params", default="params.yaml")
@@ -108,8 +110,9 @@ def stage_main(argv: list[str] | None, *, doc: str, stage: str, run: Callable[..
         bad = bad_input()
     except KeyboardInterrupt:
         return fail(f"{stage} {args.task} interrupted; rerun to resume", code=INTERRUPTED)
-    code, summary = run_guarded(f"{stage} {args.task}", lambda: run(plan, params, root=Path(args.root),
-                                                                     track=not args.no_track), failed=failed, bad=bad)
+    code, out = run_guarded(f"{stage} {args.task}", lambda: run_stage(plan, params, root=Path(args.root),
+                                                                      track=not args.no_track),
+                            failed=(SeedsFailed,), bad=bad)
     if code == 0:
-        print(json.dumps(summary))
+        print(json.dumps({k: out["summary"][k] for k in fields}))
     return code

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from odt.config import ConfigError
-from pipeline import paths, seeds
+from pipeline import paths
 from pipeline.params import Params, TaskPlan
 from pipeline.pretrain import run_seeds
 
@@ -30,12 +30,8 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
-    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        out = run_stage(plan, params, **kwargs)
-        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "offline_std")}
-
-    return stage_main(argv, doc=__doc__, stage="dt", run=run, failed=(seeds.SeedsFailed,),
-                      root_help="repository root (data/, runs/ and mlflow.db live there)")
+    return stage_main(argv, doc=__doc__, stage="dt", run_stage=run_stage,
+                      fields=("task", "seeds", "offline_mean", "offline_std"))
 
 
 if __name__ == "__main__":

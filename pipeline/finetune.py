@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import caching, curves, paths, seeds
+from odt import curves
+from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
 FILES = ("policy.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/finetune/seed_<k>/
@@ -68,24 +69,17 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
     envs.close()
     cfg, hparams = phase_config(plan, params, "finetune", root=root)
     job = functools.partial(finetune_seed, plan, params, cfg, hparams, root=root)
-    out = paths.run_dir(root, plan.name, "finetune")
-    results, how = seeds.run("finetune", plan, params, root=root, key=caching.finetune_key(plan, params, cfg, checkpoints, root),
-                             job=job, out=out, files=FILES, track=track,
-                             tags={"hparams_source": hparams["source"]}, **parallel)
-    summary = {"task": plan.name, **curves.summarize(results), "online_samples": cfg.online_samples,
-               "hparams": results[0]["hparams"]}
-    seeds.finish(how, summary, out.parent / "finetune.json", step=cfg.online_samples)
-    return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+    return seeds.stage("finetune", plan, params, root=root, key=caching.finetune_key(plan, params, cfg, checkpoints, root),
+                       job=job, files=FILES, step=cfg.online_samples, track=track,
+                       tags={"hparams_source": hparams["source"]},
+                       extra=lambda results: {"online_samples": cfg.online_samples, "hparams": hparams}, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
-    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        out = run_stage(plan, params, **kwargs)
-        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "online_mean", "delta")}
-
-    return stage_main(argv, doc=__doc__, stage="finetune", run=run, failed=(seeds.SeedsFailed,),
+    return stage_main(argv, doc=__doc__, stage="finetune", run_stage=run_stage,
+                      fields=("task", "seeds", "offline_mean", "online_mean", "delta"),
                       root_help="repository root (runs/, .cache/ and mlflow.db live there)")
 
 

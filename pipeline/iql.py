@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from odt import curves
 from odt.config import ConfigError
-from pipeline import caching, curves, paths, seeds
+from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
@@ -43,23 +44,16 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
         raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
     key = {"stage": "iql", "task": plan.name, "iql": plan.iql.model_dump(), "env_version": params.env_version,
            "data_sha256": caching.file_sha(data), "code_sha256": caching.code_sha()}
-    out = paths.run_dir(root, plan.name, "iql")
-    results, how = seeds.run("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
-                             out=out, files=FILES, track=track, **parallel)
-    summary = {"task": plan.name, **curves.summarize(results), "online_samples": plan.iql.online_samples}
-    seeds.finish(how, summary, out.parent / "iql.json", step=plan.iql.online_samples)
-    return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+    return seeds.stage("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
+                       files=FILES, step=plan.iql.online_samples, track=track,
+                       extra=lambda results: {"online_samples": plan.iql.online_samples}, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
-    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        out = run_stage(plan, params, **kwargs)
-        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "online_mean", "delta")}
-
-    return stage_main(argv, doc=__doc__, stage="iql", run=run, failed=(seeds.SeedsFailed,),
-                      root_help="repository root (data/, runs/ and mlflow.db live there)")
+    return stage_main(argv, doc=__doc__, stage="iql", run_stage=run_stage,
+                      fields=("task", "seeds", "offline_mean", "online_mean", "delta"))
 
 
 if __name__ == "__main__":

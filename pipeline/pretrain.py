@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import caching, curves, paths, seeds
+from odt import curves
+from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
 FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/pretrain/seed_<k>/
@@ -46,15 +47,11 @@ def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Pa
     if not data.is_file():
         raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
     key = caching.pretrain_key(name, plan, params, model, cfg, data)
-    out = paths.run_dir(root, plan.name, name)
     job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root)
-    results, how = seeds.run(name, plan, params, root=root, key=key, job=job, out=out, files=FILES,
-                             track=track, tags={"hparams_source": hparams["source"]}, **parallel)
-    best = [r["best_normalized"] for r in results]
-    summary = {"task": plan.name, **curves.summarize(results), "best_mean": sum(best) / len(best),
-               "updates": cfg.pretrain_updates, "hparams": hparams}
-    seeds.finish(how, summary, out.parent / f"{name}.json", step=cfg.pretrain_updates)
-    return {"summary": summary, "results": results, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+    return seeds.stage(name, plan, params, root=root, key=key, job=job, files=FILES, step=cfg.pretrain_updates,
+                       track=track, tags={"hparams_source": hparams["source"]}, **parallel,
+                       extra=lambda results: {"best_mean": sum(r["best_normalized"] for r in results) / len(results),
+                                              "updates": cfg.pretrain_updates, "hparams": hparams})
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
@@ -66,12 +63,8 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
-    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        out = run_stage(plan, params, **kwargs)
-        return {k: out["summary"][k] for k in ("task", "seeds", "offline_mean", "offline_std", "best_mean")}
-
-    return stage_main(argv, doc=__doc__, stage="pretrain", run=run, failed=(seeds.SeedsFailed,),
-                      root_help="repository root (data/, runs/ and mlflow.db live there)")
+    return stage_main(argv, doc=__doc__, stage="pretrain", run_stage=run_stage,
+                      fields=("task", "seeds", "offline_mean", "offline_std", "best_mean"))
 
 
 if __name__ == "__main__":

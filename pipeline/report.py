@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from odt import curves
 from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
-from pipeline import cli, curves, paths, table
+from pipeline import cli, paths, table
 from pipeline.params import Params
 
 ONLINE = {"odt": "finetune", "iql": "iql", "sac": "sac"}  # curve column -> stage

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from odt import curves
 from odt.config import ConfigError
-from pipeline import caching, curves, paths, seeds
+from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
@@ -38,22 +39,16 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
         raise ConfigError(f"params.yaml tasks.{plan.name} has no sac block; add it (see profiles/quick.yaml)")
     key = {"stage": "sac", "task": plan.name, "sac": plan.sac.model_dump(), "env_version": params.env_version,
            "code_sha256": caching.code_sha()}
-    out = paths.run_dir(root, plan.name, "sac")
-    results, how = seeds.run("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
-                             out=out, files=FILES, track=track, **parallel)
-    summary = {"task": plan.name, **curves.summarize(results), "online_samples": plan.sac.online_samples}
-    seeds.finish(how, summary, out.parent / "sac.json", step=plan.sac.online_samples)
-    return {"summary": summary, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+    return seeds.stage("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
+                       files=FILES, step=plan.sac.online_samples, track=track,
+                       extra=lambda results: {"online_samples": plan.sac.online_samples}, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import stage_main  # noqa: PLC0415
 
-    def run(plan: TaskPlan, params: Params, **kwargs) -> dict:
-        out = run_stage(plan, params, **kwargs)
-        return {k: out["summary"][k] for k in ("task", "seeds", "online_mean", "online_std")}
-
-    return stage_main(argv, doc=__doc__, stage="sac", run=run, failed=(seeds.SeedsFailed,),
+    return stage_main(argv, doc=__doc__, stage="sac", run_stage=run_stage,
+                      fields=("task", "seeds", "online_mean", "online_std"),
                       root_help="repository root (runs/ and mlflow.db live there)")
 
 

@@ -20,8 +20,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from odt import curves
 from odt.atomic import atomic_dir, atomic_path, copy_file, write_json
-from pipeline import caching, curves, heartbeat, parallel, paths
+from pipeline import caching, heartbeat, parallel, paths
 
 Job = Callable[[int, Path, Any], dict[str, Any]]  # (seed, seed_dir, logger or None) -> result
 
@@ -30,8 +31,8 @@ class SeedsFailed(RuntimeError):
     pass
 
 
-def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None, files: tuple[str, ...],
-          root: Path, hb: dict | None = None) -> dict[str, Any]:
+def _seed(job: Job, name: str, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None,
+          files: tuple[str, ...], root: Path, hb: dict | None = None) -> dict[str, Any]:
     """One seed in a worker process: never raises, so the other seeds finish and keep their results."""
     import torch  # noqa: PLC0415
 
@@ -47,7 +48,7 @@ def _seed(job: Job, seed: int, seed_dir: Path, threads: int, tracking: tuple[str
             write_json(seed_dir / "result.json", result)  # the done marker: written last
             scores = " -> ".join(f"{p} {result[f'{p}_normalized']:.2f}" for p in ("offline", "online")
                                  if f"{p}_normalized" in result)
-            print(f"{result['task']} seed {seed}: {scores} ({result['wall_time']:.0f} s)", flush=True)
+            print(f"{name} {result['task']} seed {seed}: {scores} ({result['wall_time']:.0f} s)", flush=True)
         if tracking is not None:
             publish_run(Tracker(root, tracking[0]), tracking[1], seed_dir, result, files)
         return {**info, "ok": True, "result": result}
@@ -69,7 +70,9 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], fi
     """A finished seed's numbers (its scores, counters), files (and its curve as a PNG), then its run marked finished."""
     if tracker.status(run_id) == "FINISHED":
         return
-    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
+    # wall_time is a metric of every logged row already: a second value at the last row's step would be a duplicate
+    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k not in ("seed", "wall_time")}
     tracker.log_metrics(run_id, numbers, step=result.get("num_updates", 0))
     artifacts = [seed_dir / name for name in files]
     if (seed_dir / "curve.csv").is_file():
@@ -138,7 +141,7 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
 
         print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done "
               f"before); {backend}, {workers} workers x {threads} torch threads", flush=True)
-        jobs = [dict(job=job, seed=s, seed_dir=work / f"seed_{s}", threads=threads,
+        jobs = [dict(job=job, name=name, seed=s, seed_dir=work / f"seed_{s}", threads=threads,
                      files=files, tracking=(tracker.uri, children[s]) if track else None, root=root, hb=hb)
                 for s in pending]
         try:
@@ -161,6 +164,19 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
     results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
     return results, {"work_dir": work, "tracker": tracker, "parent": parent, "out": out, "files": files, "seeds": seeds,
                      "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
+
+
+def stage(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, files: tuple[str, ...], step: int,
+          extra: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda results: {}, track: bool = True,
+          tags: dict[str, Any] | None = None, **parallel) -> dict[str, Any]:
+    """A seeds stage end to end: `run` every seed, then publish runs/<task>/<name>/ and the summary over seeds
+    (runs/<task>/<name>.json: curves.summarize and `extra(results)`), logged at `step`."""
+    out = paths.run_dir(root, plan.name, name)
+    results, how = run(name, plan, params, root=root, key=key, job=job, out=out, files=files, track=track, tags=tags,
+                       **parallel)
+    summary = {"task": plan.name, **curves.summarize(results), **extra(results)}
+    finish(how, summary, out.parent / f"{name}.json", step=step)
+    return {"summary": summary, "results": results, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
 
 
 def finish(how: dict[str, Any], summary: dict[str, Any], out: Path, *, step: int = 0) -> None:

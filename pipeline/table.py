@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odt import curves
 from odt.config import ConfigError
-from pipeline import curves, paths
+from pipeline import paths
 from pipeline.params import Params, plan_task
 
 PAPER_TABLE = Path(__file__).parent / "data" / "paper_table_5_1.csv"

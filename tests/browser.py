@@ -183,7 +183,7 @@ def check_mlflow(base: str, tasks: list[str], shots: Path | None = None) -> dict
         for m in parents[0]["data"]["metrics"]:
             shown = re.search(rf"\b{re.escape(m['key'])} (-?[\d.e+-]+)", page)
             assert shown and _number(shown.group(1)) == m["value"], f"{m['key']} {m['value']} not on the page"
-        # the seed runs side by side: each one's name and its online_normalized / offline_normalized
+        # the seed runs side by side: each one's name and its metrics
         ids = urllib.parse.quote(json.dumps([r["info"]["run_id"] for r in children]))
         page = text(render(f"{base}/#/compare-runs?runs={ids}&experiments=%5B%22{exp_id}%22%5D&{ml}",
                            size=(4200, 2400)))
@@ -193,8 +193,10 @@ def check_mlflow(base: str, tasks: list[str], shots: Path | None = None) -> dict
         keys = [k for k in metrics if not re.fullmatch(r"-?[\d.]+(e[+-]?\d+)?", k)]
         values = [_number(v) for v in metrics[len(keys):]]
         assert len(values) == len(keys) * len(children), (keys, values)
-        for key in ("offline_normalized", "online_normalized"):
-            row = values[keys.index(key) * len(children):(keys.index(key) + 1) * len(children)]
+        # the table shows the first metrics (by name) of a long list, every one of them as logged
+        assert len(keys) >= 10 and keys == sorted(keys) and "best_normalized" in keys, keys
+        for i, key in enumerate(keys):
+            row = values[i * len(children):(i + 1) * len(children)]
             logged = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == key) for r in children]
             for shown, value in zip(row, logged):  # the table rounds to 4 significant digits
                 assert abs(shown - value) <= max(1e-3 * abs(value), 1e-3), (key, row, logged)
@@ -240,17 +242,21 @@ def check_optuna_dashboard(base: str, storage_trials: dict[str, list], shots: Pa
 
 
 def check_dvc_plots(base: str, server: Service, tasks: list[str], shots: Path | None = None) -> None:
-    """One vega learning curve per task (rendered as SVG: axis titles in the DOM) and each task's PNG plot, loaded."""
+    """Two vega plots per task (rendered as SVG: axis titles and line names in the DOM) and its PNG plot, loaded."""
     dom = render(f"{base}/index.html", shot=shots and shots / "dvc-plots.png", size=(1400, 1000 * len(tasks)))
-    starts = [(m.start(), m.group(1)) for m in re.finditer(r'<div id="(reports_curves_[\w.-]+?_csv)"', dom)]
-    assert sorted(div for _, div in starts) == sorted(f"reports_curves_{t}_csv" for t in tasks), starts
-    rendered = [(div, dom[at:(starts[i + 1][0] if i + 1 < len(starts) else len(dom))]) for i, (at, div) in enumerate(starts)]
-    for div, inner in rendered:
-        assert re.search(r'<svg[^>]*class="marks"', inner), f"{div}: vega drew nothing"
-        shown = text(inner, keep_svg=True)
-        task = div[len("reports_curves_"):-len("_csv")]
-        for label in (f"reports/curves/{task}.csv", "online samples", "normalized return", "mean", "upper", "lower"):
-            assert label in shown, f"{label!r} not drawn in {div}: {shown[:500]}"
+    # the online curves (ODT, IQL, SAC per task) and ODT's pretraining curves (the mean and every seed)
+    for kind, x, lines in (("curves", "online samples", ("odt", "iql", "sac")),
+                           ("pretrain_curves", "pretraining updates", ("mean", "seed_0", "seed_9"))):
+        starts = [(m.start(), m.group(1)) for m in re.finditer(rf'<div id="(reports_{kind}_[\w.-]+?_csv)"', dom)]
+        assert sorted(div for _, div in starts) == sorted(f"reports_{kind}_{t}_csv" for t in tasks), starts
+        rendered = [(div, dom[at:(starts[i + 1][0] if i + 1 < len(starts) else len(dom))])
+                    for i, (at, div) in enumerate(starts)]
+        for div, inner in rendered:
+            assert re.search(r'<svg[^>]*class="marks"', inner), f"{div}: vega drew nothing"
+            shown = text(inner, keep_svg=True)
+            task = div[len(f"reports_{kind}_"):-len("_csv")]
+            for label in (f"reports/{kind}/{task}.csv", x, "normalized return", *lines):
+                assert label in shown, f"{label!r} not drawn in {div}: {shown[:500]}"
     log = server.output()
     for task in tasks:
         img = f"static/workspace_reports_plots_{task}.png"

@@ -6,6 +6,23 @@ import numpy as np
 from odt.data import Trajectory
 
 
+def episodes(env, act, n: int, max_steps: int | None = None) -> list[Trajectory]:
+    """`n` episodes of `env` (reset with seeds 0..n-1) acting `act(obs)`, cut at `max_steps` if given."""
+    out = []
+    for ep in range(n):
+        obs, _ = env.reset(seed=ep)
+        o, a, r, d = [], [], [], []
+        while max_steps is None or len(o) < max_steps:
+            action = act(obs)
+            o.append(obs)
+            obs, rew, term, trunc, _ = env.step(action)
+            a.append(action), r.append(rew), d.append(term)
+            if term or trunc:
+                break
+        out.append(Trajectory(np.array(o), np.array(a), np.array(r), np.array(d)))
+    return out
+
+
 def labelled_trajectories(lengths, obs_dim=4, act_dim=2, seed=0) -> list[Trajectory]:
     """observations[:, 0] = trajectory id, observations[:, 1] = step: every sampled token says where it came from."""
     rng = np.random.default_rng(seed)

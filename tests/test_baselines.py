@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import policy_dataset
+from helpers import episodes, policy_dataset
 from odt import MemoryLogger, ModelConfig, OptimConfig, Trajectory
 from odt.baselines.iql import IQL, IQLConfig, TransitionBuffer, advantage_weights, expectile_loss, iql, transitions
 from odt.baselines.sac import SACConfig, sac
@@ -64,21 +64,12 @@ def test_value_of_a_deterministic_chain_converges_to_the_expectile_of_the_return
     np.testing.assert_allclose(v, [(1 + gamma) * e, e], atol=0.05)
 
 
-def good_mountain_car_data(episodes: int, rng: np.random.Generator) -> list[Trajectory]:
+def good_mountain_car_data(n: int, rng: np.random.Generator) -> list[Trajectory]:
     """Push in the direction of motion (a known solution), with a little noise: short, successful episodes."""
-    env, out = gym.make("MountainCarContinuous-v0"), []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        o, a, r, d = [], [], [], []
-        while True:
-            act = np.clip([1.0 if obs[1] >= 0 else -1.0] + rng.normal(0, 0.1, 1), -1, 1).astype(np.float32)
-            o.append(obs)
-            obs, rew, term, trunc, _ = env.step(act)
-            a.append(act), r.append(rew), d.append(term)
-            if term or trunc:
-                break
-        out.append(Trajectory(np.array(o), np.array(a), np.array(r), np.array(d)))
-    return out
+    def push(obs: np.ndarray) -> np.ndarray:
+        return np.clip([1.0 if obs[1] >= 0 else -1.0] + rng.normal(0, 0.1, 1), -1, 1).astype(np.float32)
+
+    return episodes(gym.make("MountainCarContinuous-v0"), push, n)
 
 
 def test_offline_iql_on_a_good_policys_data_beats_random():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import episodes
 from odt import FinetuneConfig, MemoryLogger, ModelConfig, ODTTrainer, PretrainConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
 from odt.envs import EnvMismatchError, vector_env
@@ -32,21 +33,10 @@ def hopper() -> gym.Env:
     return gym.make("Hopper-v5")
 
 
-def hopper_dataset(episodes: int = 6, steps: int = 40) -> list[Trajectory]:
+def hopper_dataset(n: int = 6, steps: int = 40) -> list[Trajectory]:
     """A few short random-policy Hopper episodes: right shapes, real dynamics."""
-    env, rng, out = hopper(), np.random.default_rng(0), []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        o, a, r, d = [], [], [], []
-        for _ in range(steps):
-            act = rng.uniform(-1, 1, 3).astype(np.float32)
-            o.append(obs)
-            obs, rew, term, trunc, _ = env.step(act)
-            a.append(act), r.append(rew), d.append(term)
-            if term or trunc:
-                break
-        out.append(Trajectory(np.array(o), np.array(a), np.array(r), np.array(d)))
-    return out
+    rng = np.random.default_rng(0)
+    return episodes(hopper(), lambda obs: rng.uniform(-1, 1, 3).astype(np.float32), n, max_steps=steps)
 
 
 def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.profile import render
-from pipeline.tuned import TunedResult, tuned_path
+from pipeline.tuning import TunedResult, tuned_path
 from services import ROOT, alive, commands, expand, free_port, recipe, service_env, stop_group
 
 TASK = "hopper-medium-v2"
@@ -31,6 +31,7 @@ SERVER_TOOLS = {"initdb", "pg_ctl"}  # run as an unprivileged user; createdb and
 def write_params(root: Path, name: str, **tune_values) -> Path:
     raw = yaml.safe_load(render("tiny", root=ROOT))
     raw["tasks"] = {TASK: raw["tasks"][TASK]}
+    raw["baselines"] = {name: [t for t in tasks if t == TASK] for name, tasks in raw["baselines"].items()}
     raw["tune"] |= {"pretrain_updates": 40, "eval_every": 10, "pruner": "none", **tune_values}  # every trial completes
     path = root / name
     path.write_text(yaml.safe_dump(raw))

@@ -19,11 +19,12 @@ from types import SimpleNamespace
 
 def tick(out: str, ticks: int, seed: int, seed_dir: Path, logger) -> dict:
     seed_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     for _ in range(ticks):
         with open(Path(out) / f"ticks-{seed}.txt", "a") as f:
             f.write(f"{time.time()} {os.getpid()}\n")
         time.sleep(0.1)
-    return {"task": "tick", "seed": seed}
+    return {"task": "tick", "seed": seed, "wall_time": time.perf_counter() - start}  # a result as a stage's has
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     job = functools.partial(tick, str(root), int(os.environ.get("TICKS", "600")))
     code, _ = cli.run_guarded("tick", lambda: seeds.run("tick", SimpleNamespace(name="tick"), params, root=root,
                                                          key={"stage": "tick"}, job=job, out=root / "out",
-                                                         files=("result.json",), summary_keys=(), track=False))
+                                                         files=("result.json",), track=False))
     return code
 
 

@@ -9,8 +9,7 @@ Imported on first use, like `odt`'s names: `odt.datasets.download` alone needs n
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from odt import lazy_exports
 
 _WHERE = {
     "odt.datasets.download": ("DownloadError", "fetch_d4rl"),
@@ -18,17 +17,4 @@ _WHERE = {
     "odt.datasets.hdf5": ("DatasetError", "ends_with_tail", "load_d4rl_hdf5", "read_metadata", "write_d4rl_hdf5"),
     "odt.datasets.minari_io": ("load_minari",),
 }
-_MODULE = {name: module for module, names in _WHERE.items() for name in names}
-__all__ = sorted(_MODULE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE:
-        raise AttributeError(f"module 'odt.datasets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(_WHERE, __name__)
