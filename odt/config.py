@@ -174,3 +174,16 @@ def validate(cls: type, values: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(format_validation_error(err, where)) from None
     except TypeError as err:  # a plain dataclass rejecting an argument
         raise ConfigError(f"invalid {where}: {err}") from None
+
+
+def task_model(task: str, values: dict[str, Any], where: str = "model config") -> "ModelConfig":
+    """The task's ModelConfig: dims and reward scale from odt.tasks, the rest from `values` (which leave the dims to
+    the task), validated to one line."""
+    from odt.tasks import get_task  # noqa: PLC0415
+
+    for key in ("state_dim", "act_dim"):
+        if key in values:
+            raise ConfigError(f"{where}: '{key}' comes from the task, remove it")
+    spec = get_task(task)
+    return validate(ModelConfig, {"state_dim": spec.obs_dim, "act_dim": spec.act_dim, "reward_scale": spec.reward_scale,
+                                  **values}, where)

@@ -9,8 +9,7 @@ import numpy as np
 
 from odt.atomic import atomic_path, write_text
 
-SCORES = ["eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]
-COLUMNS = ["round", "online_samples", *SCORES]  # ODT's finetuning curve; others write their own x column and SCORES
+SCORES = ["eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]  # a curve.csv row: x columns, then these
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -79,9 +78,23 @@ def plot(path: Path, series: dict[str, list[dict[str, float]]], *, title: str, x
     ax.legend(loc="best", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_seed(path: Path, rows: list[dict[str, float]], *, seed: int, title: str) -> Path:
+    """One seed's curve.csv rows (pretraining: vs updates; online: vs samples), the band its std over episodes."""
+    x = "online_samples" if "online_samples" in rows[0] else "updates"
+    curve = [{x: r[x], "mean": r["eval_normalized"], "std": r["eval_normalized_std"], "seeds": 1} for r in rows]
+    return plot(path, {f"seed {seed} (band: std over episodes)": curve}, title=title, x=x, xlabel=x.replace("_", " "))
+
+
+def save_figure(fig, path: Path, **savefig) -> Path:
+    """A matplotlib figure as PNG, written atomically (never half a file), then closed."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format="png", **savefig)
     finally:
         plt.close(fig)
     return Path(path)

@@ -1,7 +1,9 @@
 """Trajectories: the unit of data everywhere in odt (datasets, replay buffer, rollouts)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -70,3 +72,16 @@ def state_stats(trajectories: list[Trajectory], eps: float = 1e-6) -> tuple[np.n
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0)) + eps
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+Data = Union[Sequence[Trajectory], str, os.PathLike]  # trajectories, or a D4RL-layout HDF5 file of them
+
+
+def trajectories(data: Data, task: str | None = None) -> Sequence[Trajectory]:
+    """`data` as trajectories: as given, or read from a D4RL-layout HDF5 file (`task` picks AntMaze's episode split
+    and checks the dims; odt.datasets.hdf5)."""
+    if not isinstance(data, (str, os.PathLike)):
+        return data
+    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
+
+    return load_d4rl_hdf5(data, task=task)

@@ -139,6 +139,13 @@ def fixed_observation_dims(task: str | TaskSpec, trajectories: Sequence[Trajecto
     return np.arange(ANT_CONTACT_DIMS.start, ANT_CONTACT_DIMS.stop), lo.astype(np.float64)
 
 
+def dataset_env_fn(task: str, version: str = "v5", metadata: str | os.PathLike | None = None) -> functools.partial:
+    """make_env as the task's dataset needs it (D4RL dims; Ant's contact dims pinned as the dataset's .json says,
+    when `metadata` names one that exists): a picklable env factory for the loops and for worker processes."""
+    fixed = load_fixed_obs(metadata) if metadata is not None and os.path.isfile(metadata) else None
+    return functools.partial(make_env, task, version, fixed_obs=fixed)
+
+
 def fixed_obs_json(fixed: tuple[np.ndarray, np.ndarray] | None) -> dict[str, list] | None:
     """`fixed_observation_dims`' result as plain lists, for the dataset's .json metadata."""
     if fixed is None:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import gymnasium as gym
 from tqdm.auto import tqdm
 
+from odt import curves
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import EvalConfig, FinetuneConfig, PretrainConfig
-from odt.data import Trajectory
+from odt.data import Data, trajectories
 from odt.envs import check_dims, vector_env
 from odt.logger import Logger, NullLogger
 from odt.model import ModelConfig
@@ -44,6 +45,11 @@ class Run:
     def final(self) -> dict[str, float]:
         return self.evaluations[-1]
 
+    def write_curve(self, path: str | Path) -> Path:
+        """The evaluations as CSV (odt.curves): the x columns they have (round, online_samples; or updates), the scores."""
+        x = [k for k in ("round", "online_samples", "updates") if k in self.final]
+        return curves.write_csv(Path(path), self.evaluations, [*x, *curves.SCORES])
+
     def scores(self) -> dict[str, float]:
         """The scores a results table reads: offline_* (the policy before any online sample: pretraining's final
         one, or an online run's start), online_* (after the online budget), best_* (the best on the way)."""
@@ -62,7 +68,7 @@ class Run:
 
 
 def pretrain(
-    data: Sequence[Trajectory],
+    data: Data,
     model_cfg: ModelConfig,
     cfg: PretrainConfig,
     env_fn: EnvFn,
@@ -74,7 +80,8 @@ def pretrain(
     checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> Run:
-    """Algorithm 2: `cfg.pretrain_updates` updates on the offline data (all of it in the buffer).
+    """Algorithm 2: `cfg.pretrain_updates` updates on the offline data (all of it in the buffer; trajectories, or
+    a D4RL-layout HDF5 file read with `task`).
 
     Logs a row every `log_every` updates, evaluates every `eval_every` and at the end (the
     final evaluation uses index 0, the rule finetuning's offline score uses too), and
@@ -82,6 +89,7 @@ def pretrain(
     """
     logger = logger or NullLogger()
     state = _resume(checkpoint)
+    data = trajectories(data, task)
     if state is None:
         trainer = ODTTrainer(model_cfg, cfg, TrajectoryReplayBuffer(len(data), data), seed=seed, device=device, task=task)
         evaluations, elapsed = [], 0.0
@@ -116,7 +124,7 @@ def finetune(
     cfg: FinetuneConfig,
     env_fn: EnvFn,
     *,
-    data: Sequence[Trajectory] | None = None,
+    data: Data | None = None,
     seed: int = 0,
     offline: EvalConfig | None = None,
     device: str = "auto",
@@ -127,7 +135,7 @@ def finetune(
     """Algorithm 1: rounds of exploration and updates from a pretrained trainer until `cfg.online_samples`.
 
     `pretrained` (a trainer, left untouched, or its checkpoint file with `data`, the offline
-    trajectories, which pretraining checkpoints do not copy) starts with `seed`'s own RNG
+    trajectories or their HDF5 file, which pretraining checkpoints do not copy) starts with `seed`'s own RNG
     streams and the top `buffer_size` offline trajectories. It is scored first with
     `offline`'s evaluation settings (the pretraining's; default: `cfg`'s) and with `cfg`'s
     (the curve's first point). Each round explores with g_online, adds the rollouts to

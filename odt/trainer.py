@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +23,7 @@ from pytorch_optimizer import Lamb
 from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
-from odt.data import Trajectory
+from odt.data import Data, trajectories
 from odt.config import EvalConfig, FinetuneConfig, OptimConfig
 from odt.evaluation import RolloutResult, eval_seeds, evaluate, rollout, score
 from odt.losses import TanhNormal, deterministic_loss, policy_loss, temperature_loss
@@ -454,7 +454,7 @@ class ODTTrainer:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
-                   data: Sequence[Trajectory] | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
+                   data: Data | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
         """Rebuild a trainer from `state_dict()`; `optim` switches to another phase's values (see `use`).
 
         A state saved without its buffer (a pretraining checkpoint) takes `data`, the offline trajectories.
@@ -463,6 +463,7 @@ class ODTTrainer:
         if "buffer" in state:
             buffer = _buffer_from_state(state)
         elif data is not None:
+            data = trajectories(data, state["task"])
             buffer = TrajectoryReplayBuffer(len(data), data)
         else:
             raise ValueError("this checkpoint holds no replay buffer (a pretraining checkpoint): pass data=, "
@@ -481,7 +482,7 @@ class ODTTrainer:
 
     @classmethod
     def load(cls, path: str | Path, *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
-             data: Sequence[Trajectory] | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
+             data: Data | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
         """The trainer in a checkpoint written by `save` or by a loop of odt/loops.py (see `from_state`)."""
         return cls.from_state(load_checkpoint(path)["trainer"], optim=optim, device=device, data=data,
                               cuda_graph=cuda_graph)

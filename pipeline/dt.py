@@ -13,16 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt.config import ConfigError
 from pipeline import paths
 from pipeline.params import Params, TaskPlan
 from pipeline.pretrain import run_seeds
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
-    if plan.dt is None:
-        raise ConfigError(f"params.yaml tasks.{plan.name} has no dt block; add it (see profiles/quick.yaml)")
-    hparams = {"learning_rate": plan.dt.learning_rate, "weight_decay": plan.dt.weight_decay, "source": "params"}
+    hparams = {"learning_rate": plan.baseline("dt").learning_rate, "weight_decay": plan.dt.weight_decay, "source": "params"}
     return run_seeds("dt", plan, params, plan.dt_model, plan.dt, root=Path(root).resolve(), track=track, hparams=hparams,
                      **parallel)
 

@@ -20,21 +20,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.paths import ROOT
+
 SOURCES = ("d4rl", "minari", "generate", "file")  # odt.datasets.fetch's; not imported, so --help needs no torch
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class _BadArgs(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + message
-        raise _BadArgs(message)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = _Parser(prog="python -m pipeline.fetch", description=__doc__.splitlines()[0])
+    """The flags, or exit 2 with one `error:` line."""
+    from pipeline.cli import Parser  # noqa: PLC0415
+
+    ap = Parser(prog="python -m pipeline.fetch", description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, help="D4RL task name, e.g. hopper-medium-v2")
     ap.add_argument("--source", required=True, choices=SOURCES)
     ap.add_argument("--url", help="d4rl: download from here instead of the task's D4RL address")
@@ -52,13 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key in ("seed", "train_steps", "transitions"):
         value = getattr(args, key)
         if value is not None and value < (0 if key == "seed" else 1):
-            raise _BadArgs(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'seed' else 'positive'}, got {value}")
+            ap.error(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'seed' else 'positive'}, got {value}")
     if args.source == "file" and not args.path:
-        raise _BadArgs("--source file needs --path FILE (a D4RL-layout .hdf5)")
+        ap.error("--source file needs --path FILE (a D4RL-layout .hdf5)")
     if args.path and args.source != "file":
-        raise _BadArgs(f"--path is for --source file; with --source {args.source} drop it")
+        ap.error(f"--path is for --source file; with --source {args.source} drop it")
     if args.url and args.source != "d4rl":
-        raise _BadArgs(f"--url is for --source d4rl; with --source {args.source} drop it")
+        ap.error(f"--url is for --source d4rl; with --source {args.source} drop it")
     return args
 
 
@@ -78,12 +73,12 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import fail, run_guarded  # noqa: PLC0415
+    from pipeline.cli import run_guarded  # noqa: PLC0415
 
     try:
         args = parse_args(argv)
-    except _BadArgs as err:
-        return fail(str(err))
+    except SystemExit as done:  # --help (0) or bad flags (2, the line printed)
+        return done.code
     from odt.datasets.download import DownloadError  # noqa: PLC0415
     from odt.datasets.generate import GenerateError  # noqa: PLC0415
     from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415

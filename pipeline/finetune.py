@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt import curves
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
@@ -30,15 +29,13 @@ FILES = ("policy.pt", "curve.csv", "result.json")  # published per seed in runs/
 def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], seed: int, seed_dir: Path, logger,
                   *, root: Path) -> dict[str, Any]:
     """Finetune pretraining seed k's checkpoint with seed k (or resume) in `seed_dir`; leaves policy.pt and curve.csv."""
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.loops import finetune  # noqa: PLC0415
 
-    data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)  # the buffer's offline part
-    run = finetune(paths.pretrained(root, plan.name, seed), cfg, plan.env_fn(root), data=data, seed=seed,
-                   offline=plan.pretrain, device=params.device, logger=logger, checkpoint=seed_dir / "state.pt",
-                   progress=False)
+    run = finetune(paths.pretrained(root, plan.name, seed), cfg, plan.env_fn(root), data=paths.dataset(root, plan.name),
+                   seed=seed, offline=plan.pretrain, device=params.device, logger=logger,
+                   checkpoint=seed_dir / "state.pt", progress=False)
     run.trainer.save_policy(seed_dir / "policy.pt", cfg)
-    curves.write_csv(seed_dir / "curve.csv", run.evaluations, curves.COLUMNS)
+    run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
     return {"task": plan.name, "seed": seed, **run.scores(), "rounds": run.final["round"],
             "num_updates": run.trainer.num_updates, "hparams": hparams}

@@ -14,36 +14,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt import curves
-from odt.config import ConfigError
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
-CURVE = ["online_samples", *curves.SCORES]
 
 
 def iql_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
     from odt.baselines.iql import iql  # noqa: PLC0415
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
 
-    data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)
-    run = iql(data, plan.iql, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
+    run = iql(paths.dataset(root, plan.name), plan.iql, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
               checkpoint=seed_dir / "state.pt", progress=False)
-    curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
+    run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()  # the replay buffer makes it large
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.updates}
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
     root = Path(root).resolve()
-    if plan.iql is None:
-        raise ConfigError(f"params.yaml tasks.{plan.name} has no iql block; add it (see profiles/quick.yaml)")
-    data = paths.dataset(root, plan.name)
-    if not data.is_file():
-        raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
-    key = {"stage": "iql", "task": plan.name, "iql": plan.iql.model_dump(), "env_version": params.env_version,
-           "data_sha256": caching.file_sha(data), "code_sha256": caching.code_sha()}
+    key = {"stage": "iql", "task": plan.name, "iql": plan.baseline("iql").model_dump(), "env_version": params.env_version,
+           "data_sha256": caching.file_sha(paths.existing_dataset(root, plan.name)), "code_sha256": caching.code_sha()}
     return seeds.stage("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
                        files=FILES, step=plan.iql.online_samples, track=track,
                        extra=lambda results: {"online_samples": plan.iql.online_samples}, **parallel)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.config import (ConfigError, FinetuneConfig, IQLConfig, ModelConfig, PretrainConfig, SACConfig,
-                        format_validation_error, validate)
+from odt.config import (ConfigError, FinetuneConfig, IQLConfig, ModelConfig, NonNegInt, PosInt, PretrainConfig, SACConfig,
+                        format_validation_error, task_model, validate)
 from pipeline import paths
 from pipeline.tuning import TUNABLE, TuneParams, read_tuned, tuned_path
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
 PHASES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 UNTUNED = "pipeline/data/untuned.json"  # the DVC dependency that stands in for a tuning result when use_tuned is false
 
@@ -121,19 +119,17 @@ class TaskPlan:
     iql: IQLConfig | None = None
     sac: SACConfig | None = None
 
+    def baseline(self, name: str) -> Any:
+        """The config of baseline `name` (dt, iql, sac), or one line saying to add its block."""
+        if getattr(self, name) is None:
+            raise ConfigError(f"params.yaml tasks.{self.name} has no {name} block; add it (see profiles/quick.yaml)")
+        return getattr(self, name)
+
     def env_fn(self, root: Path) -> functools.partial:
-        """The task's environment as its dataset needs it (D4RL dims, pinned Ant contact dims): picklable."""
-        from odt.envs import make_env  # noqa: PLC0415
+        """The task's environment as its dataset (data/<task>/) needs it: picklable."""
+        from odt.envs import dataset_env_fn  # noqa: PLC0415
 
-        return functools.partial(make_env, self.name, self.env_version, fixed_obs=fixed_obs(root, self.name))
-
-
-def fixed_obs(root: Path, task: str):
-    """Observation dims the environment must pin as the dataset holds them (Ant's contact forces), or None."""
-    from odt.envs import load_fixed_obs  # noqa: PLC0415
-
-    meta = paths.dataset_meta(root, task)
-    return load_fixed_obs(meta) if meta.is_file() else None
+        return dataset_env_fn(self.name, self.env_version, paths.dataset_meta(root, self.name))
 
 
 def plan_task(params: Params, name: str) -> TaskPlan:
@@ -145,14 +141,10 @@ def plan_task(params: Params, name: str) -> TaskPlan:
     block = params.tasks[name]
     where = f"params.yaml tasks.{name}"
     try:
-        spec = get_task(name)
+        get_task(name)
     except KeyError as err:  # UnknownTaskError
         raise ConfigError(f"params.yaml: tasks.{name}: {err}") from None
-    for key in ("state_dim", "act_dim"):
-        if key in block.model:
-            raise ConfigError(f"{where}.model: '{key}' comes from the task, remove it")
-    model = validate(ModelConfig, {"state_dim": spec.obs_dim, "act_dim": spec.act_dim, "reward_scale": spec.reward_scale,
-                                   **block.model}, f"{where}.model")
+    model = task_model(name, block.model, f"{where}.model")
     phases = {phase: validate(cls, getattr(block, phase), f"{where}.{phase}") for phase, cls in PHASES.items()}
     for phase in PHASES:
         expected = tuned_path(name, phase) if params.use_tuned else UNTUNED
@@ -167,9 +159,7 @@ def plan_task(params: Params, name: str) -> TaskPlan:
         extra = set(block.dt) - {"model", "train"}
         if extra:
             raise ConfigError(f"{where}.dt: unknown key '{sorted(extra)[0]}' (dt has model and train)")
-        baselines["dt_model"] = validate(ModelConfig, {"state_dim": spec.obs_dim, "act_dim": spec.act_dim,
-                                                       "reward_scale": spec.reward_scale, **block.dt.get("model", {}),
-                                                       "stochastic": False}, f"{where}.dt.model")
+        baselines["dt_model"] = task_model(name, {**block.dt.get("model", {}), "stochastic": False}, f"{where}.dt.model")
         baselines["dt"] = validate(PretrainConfig, block.dt.get("train", {}), f"{where}.dt.train")
     online = {"online_samples": phases["finetune"].online_samples, "eval_episodes": phases["finetune"].eval_episodes}
     for key, cls in (("iql", IQLConfig), ("sac", SACConfig)):

@@ -11,6 +11,14 @@ def dataset(root: Path, task: str) -> Path:
     return Path(root) / "data" / task / f"{task}.hdf5"
 
 
+def existing_dataset(root: Path, task: str) -> Path:
+    """dataset(), or FileNotFoundError (bad input: exit 2) naming the stage that writes it."""
+    path = dataset(root, task)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset {path} does not exist; run `dvc repro fetch@{task}` first")
+    return path
+
+
 def dataset_meta(root: Path, task: str) -> Path:
     """data/<task>/<task>.json beside it: provenance, returns, the observation dims the env pins (Ant)."""
     return dataset(root, task).with_suffix(".json")

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt import curves
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, phase_config
 
 FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/pretrain/seed_<k>/
-CURVE = ["updates", *curves.SCORES]
 
 
 def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, Any], seed: int, seed_dir: Path, logger,
@@ -30,23 +28,18 @@ def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, A
 
     The result: the final evaluation (the offline score) and the best one on the way (odt.loops.Run.scores).
     """
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.loops import pretrain  # noqa: PLC0415
 
-    data = load_d4rl_hdf5(paths.dataset(root, plan.name), task=plan.name)
-    run = pretrain(data, model, cfg, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
+    run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
                    checkpoint=seed_dir / "checkpoint.pt", progress=False)
-    curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
+    run.write_curve(seed_dir / "curve.csv")
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.num_updates, **extra}
 
 
 def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Path, track: bool, hparams: dict,
               **parallel) -> dict[str, Any]:
     """Every seed of a pretraining-shaped stage (ODT's pretraining, or the DT baseline) and its summary."""
-    data = paths.dataset(root, plan.name)
-    if not data.is_file():
-        raise FileNotFoundError(f"dataset {data} does not exist; run `dvc repro fetch@{plan.name}` first")
-    key = caching.pretrain_key(name, plan, params, model, cfg, data)
+    key = caching.pretrain_key(name, plan, params, model, cfg, paths.existing_dataset(root, plan.name))
     job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root)
     return seeds.stage(name, plan, params, root=root, key=key, job=job, files=FILES, step=cfg.pretrain_updates,
                        track=track, tags={"hparams_source": hparams["source"]}, **parallel,

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from odt.atomic import write_text
+from odt.comparison import baseline_tasks
 from odt.config import ConfigError, format_validation_error
 from pipeline.cli import Parser, environment_error, fail
 from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
@@ -92,21 +93,6 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
     for task in params.tasks:
         plan_task(params, task)
     return out
-
-
-def baseline_tasks(name: str, tasks: list[str]) -> list[str]:
-    """The tasks a baseline runs on: all of them, but SAC (from scratch, the data unused) once per environment,
-    on its medium task where listed, and not on AntMaze (the paper has no SAC there)."""
-    if name != "sac":
-        return list(tasks)
-    from odt.tasks import get_task  # noqa: PLC0415
-
-    by_env: dict[str, str] = {}
-    for task in sorted(tasks, key=lambda t: get_task(t).dataset != "medium"):
-        spec = get_task(task)
-        if not spec.is_antmaze:
-            by_env.setdefault(spec.env, task)
-    return [t for t in tasks if t in by_env.values()]
 
 
 def profiles(root: Path = ROOT) -> list[str]:

@@ -3,7 +3,7 @@
     python -m pipeline.report
 
 Reads runs/<task>/{pretrain,finetune,dt,iql,sac}/seed_*/ for every task in params.yaml and writes
-  reports/results.csv, reports/results.md   all eight columns of Table 5.1 (pipeline/table.py), ours and the paper's;
+  reports/results.csv, reports/results.md   all eight columns of Table 5.1 (odt/comparison.py), ours and the paper's;
   reports/metrics.json                      the same numbers for `dvc metrics show`;
   reports/curves/<task>.csv                 ODT, IQL and SAC: mean and mean +- std over seeds vs online samples;
   reports/pretrain_curves/<task>.csv        ODT's pretraining evaluations: every seed and the mean vs updates;
@@ -16,49 +16,50 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from odt import curves
+from odt import comparison, curves
 from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
-from pipeline import cli, paths, table
-from pipeline.params import Params
-
-ONLINE = {"odt": "finetune", "iql": "iql", "sac": "sac"}  # curve column -> stage
-LABELS = {"odt": "ODT", "iql": "IQL", "sac": "SAC (from scratch)"}
+from pipeline import cli, paths
+from pipeline.params import Params, plan_task
 
 
-def online_curves(task_curves: dict[str, list], budget: int) -> list[dict[str, float | str]]:
-    """One row per grid point: each algorithm's mean, lower, upper (empty where it did not run)."""
-    grid = np.linspace(0, budget, 21)
-    rows = [{"online_samples": float(x)} for x in grid]
-    for col, stage in ONLINE.items():
-        agg = curves.aggregate(task_curves[stage], budget) if stage in task_curves else None
-        for i, row in enumerate(rows):
-            for k in ("mean", "lower", "upper"):
-                row[col if k == "mean" else f"{col}_{k}"] = agg[i][k] if agg else ""
-    return rows
+def stage_of(params: Params, stage: str, task: str) -> str | None:
+    """The task whose `stage` results stand for `task` (for SAC, maybe another on its environment); None: none ran."""
+    ran = params.baselines.get(stage, [])
+    if stage in ("pretrain", "finetune"):
+        return task
+    return comparison.sac_task(task, ran) if stage == "sac" else task if task in ran else None
 
 
-def pretrain_curve(seed_curves: list[list[dict[str, float]]]) -> list[dict[str, float | str]]:
-    """Every seed's evaluations during pretraining (they fall on the same update counts) and their mean.
-
-    Columns seed_0 .. seed_9 always exist (empty where there are fewer seeds): `dvc plots` names them.
-    """
-    rows = []
-    for points in zip(*seed_curves):
-        values = np.array([p["eval_normalized"] for p in points])
-        per_seed = {f"seed_{k}": float(values[k]) if k < len(values) else "" for k in range(max(10, len(values)))}
-        rows.append({"updates": points[0]["updates"], "mean": float(values.mean()), "std": float(values.std()),
-                     "seeds": len(values), **per_seed})
-    return rows
+def collect(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, dict[str, list]]]:
+    """The table (one row per task: odt.comparison.scores, and where SAC's run and ODT's hyperparameters came from)
+    and every stage's per-seed curves, by task."""
+    rows, all_curves = [], {}
+    for task in params.tasks:
+        loaded = {}  # stage -> every seed's results and curves, or one line naming what to run
+        for stage in ("pretrain", "finetune", "dt", "iql", "sac"):
+            if (source := stage_of(params, stage, task)) is not None:
+                try:
+                    loaded[stage] = comparison.read_seeds(paths.run_dir(root, source, stage), params.seeds)
+                except FileNotFoundError as err:
+                    raise ConfigError(f"{err}; run `dvc repro {stage}@{source}`") from None
+        all_curves[task] = {stage: c for stage, (_, c) in loaded.items()}
+        row = {"task": task, "seeds": params.seeds, "online_samples": plan_task(params, task).finetune.online_samples,
+               **comparison.scores(task, {stage: r for stage, (r, _) in loaded.items()}),
+               "sac_from": stage_of(params, "sac", task) or ""}
+        for phase in ("pretrain", "finetune"):
+            hp = loaded[phase][0][0]["hparams"]
+            row |= {f"{phase}_lr": hp["learning_rate"], f"{phase}_wd": hp["weight_decay"], f"{phase}_hparams": hp["source"]}
+        rows.append(row)
+    return pd.DataFrame(rows), all_curves
 
 
 def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None = None, track: bool = True) -> pd.DataFrame:
     root = Path(root)
     reports = Path(reports or root / "reports")
-    results, all_curves = table.collect(params, root)
+    results, all_curves = collect(params, root)
     metric_keys = [c for c in results.columns if c.endswith(("_mean", "_std")) or c.startswith("paper_")]
     metrics = {r["task"]: {k: None if pd.isna(r[k]) else round(float(r[k]), 4) for k in metric_keys}
                for r in results.to_dict("records")}
@@ -70,24 +71,19 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
         curve_dir, pre_dir, plot_dir = (outputs.enter_context(atomic_dir(reports / name))
                                         for name in ("curves", "pretrain_curves", "plots"))
         csv.write_text(results.to_csv(index=False, float_format="%.4f"))
-        md.write_text(table.markdown(results, params))
+        md.write_text(comparison.markdown(results.to_dict("records"), profile=params.profile, seeds=params.seeds))
         metrics_json.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         for r in results.to_dict("records"):
             task, task_curves = r["task"], all_curves[r["task"]]
-            online = online_curves(task_curves, r["online_samples"])
+            online = comparison.online_curves(task_curves, r["online_samples"])
             curves.write_csv(curve_dir / f"{task}.csv", online, list(online[0]))
-            series = {LABELS[col]: curves.aggregate(task_curves[stage], r["online_samples"])
-                      for col, stage in ONLINE.items() if stage in task_curves}
             # the paper's level is drawn where it compares (the paper profile); elsewhere it squashes the curves
-            paper = {"ODT online, paper (Table 5.1)": r["paper_odt_online"]} if params.profile == "paper" else {}
-            curves.plot(plot_dir / f"{task}.png", series, title=f"{task} ({params.profile} profile)",
-                        lines={"ODT pretrained (ours)": r["odt_offline_mean"], "DT (ours)": r["dt_mean"], **paper})
-            pre = pretrain_curve(task_curves["pretrain"])
+            comparison.plot_online(plot_dir / f"{task}.png", task_curves, r, title=f"{task} ({params.profile} profile)",
+                                   paper=params.profile == "paper")
+            pre = comparison.pretrain_curve(task_curves["pretrain"])
             curves.write_csv(pre_dir / f"{task}.csv", pre, list(pre[0]))
-            seeds = {f"seed {k}": [{"updates": p["updates"], "mean": p[f"seed_{k}"], "std": 0.0, "seeds": 1} for p in pre]
-                     for k in range(params.seeds)}
-            curves.plot(plot_dir / f"{task}-pretrain.png", {"mean over seeds": pre, **seeds}, x="updates",
-                        xlabel="pretraining updates", title=f"{task}: ODT pretraining, evaluated on the way")
+            comparison.plot_pretrain(plot_dir / f"{task}-pretrain.png", pre, params.seeds,
+                                     title=f"{task}: ODT pretraining, evaluated on the way")
     if track:
         _track(params, root, reports, results)
     return results
@@ -121,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                     bad=(ConfigError,))
     if code:
         return code
-    cols = ["task", *(f"{c}_mean" for c in table.TITLES)]
+    cols = ["task", *(f"{c}_mean" for c in comparison.TITLES)]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(results[cols].round(2).to_string(index=False))
     return 0

@@ -14,13 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from odt import curves
-from odt.config import ConfigError
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan
 
 FILES = ("curve.csv", "result.json")
-CURVE = ["online_samples", *curves.SCORES]
 
 
 def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
@@ -28,16 +25,14 @@ def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, 
 
     run = sac(plan.sac, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
               checkpoint=seed_dir / "state.pt", progress=False)
-    curves.write_csv(seed_dir / "curve.csv", run.evaluations, CURVE)
+    run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer._n_updates}
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
     root = Path(root).resolve()
-    if plan.sac is None:
-        raise ConfigError(f"params.yaml tasks.{plan.name} has no sac block; add it (see profiles/quick.yaml)")
-    key = {"stage": "sac", "task": plan.name, "sac": plan.sac.model_dump(), "env_version": params.env_version,
+    key = {"stage": "sac", "task": plan.name, "sac": plan.baseline("sac").model_dump(), "env_version": params.env_version,
            "code_sha256": caching.code_sha()}
     return seeds.stage("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
                        files=FILES, step=plan.sac.online_samples, track=track,

@@ -5,7 +5,7 @@ MLflow runs are keyed by its fingerprint) and one function `job(seed, seed_dir, 
 that runs a seed (or resumes it from what `seed_dir` holds) and returns its result. A
 finished seed leaves `result.json` (written last), so a rerun skips it. While the seeds
 run the stage holds its work directory with a heartbeat (pipeline/heartbeat.py): a worker
-whose stage is gone ends itself, and a second live run of the stage is refused. `finish`
+whose stage is gone ends itself, and a second live run of the stage is refused. `stage`
 publishes the stage's output directory and its summary together, once every seed is done.
 """
 from __future__ import annotations
@@ -76,11 +76,8 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], fi
     tracker.log_metrics(run_id, numbers, step=result.get("num_updates", 0))
     artifacts = [seed_dir / name for name in files]
     if (seed_dir / "curve.csv").is_file():
-        rows = curves.read_csv(seed_dir / "curve.csv")
-        x = "online_samples" if "online_samples" in rows[0] else "updates"
-        curve = [{x: r[x], "mean": r["eval_normalized"], "std": r["eval_normalized_std"], "seeds": 1} for r in rows]
-        artifacts.append(curves.plot(seed_dir / "curve.png", {f"seed {result['seed']} (band: std over episodes)": curve},
-                                     title=result["task"], x=x, xlabel=x.replace("_", " ")))
+        artifacts.append(curves.plot_seed(seed_dir / "curve.png", curves.read_csv(seed_dir / "curve.csv"),
+                                          seed=result["seed"], title=result["task"]))
     tracker.log_artifacts(run_id, artifacts)
     tracker.finish(run_id)
 
@@ -97,14 +94,14 @@ def _stopped(tracker, runs: list[str], interrupted: bool) -> None:
                 tracker.finish(run_id, "KILLED" if interrupted else "FAILED")
 
 
-def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, out: Path, files: tuple[str, ...],
+def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, files: tuple[str, ...],
         track: bool = True, tags: dict[str, Any] | None = None, backend: str | None = None,
         n_jobs: int | None = None, address: str | None = None,
         threads_per_worker: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every seed of stage `name` (e.g. "finetune") for one task; `files` of each seed will end in `out/seed_<k>/`.
+    """Every seed of stage `name` (e.g. "finetune") for one task, each leaving `files` in its seed directory.
 
-    Returns the seeds' results in seed order and how it ran (work dir, workers, the MLflow
-    parent run: `tracker` and `parent`, and what `finish` publishes).
+    Returns the seeds' results in seed order and how it ran: work dir, workers, the MLflow
+    parent run (`tracker` and `parent`).
     """
     root = Path(root).resolve()  # absolute: a dask or ray worker may run in another directory
     par = params.parallel
@@ -162,39 +159,33 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, o
         raise SeedsFailed("; ".join(f"{name} {plan.name} seed {o['seed']} failed: {o['error']}" for o in failed)
                           + f" ({len(seeds) - len(failed)} other seeds finished and are kept for the rerun)")
     results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
-    return results, {"work_dir": work, "tracker": tracker, "parent": parent, "out": out, "files": files, "seeds": seeds,
+    return results, {"work_dir": work, "tracker": tracker, "parent": parent,
                      "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
 
 
 def stage(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, files: tuple[str, ...], step: int,
           extra: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda results: {}, track: bool = True,
           tags: dict[str, Any] | None = None, **parallel) -> dict[str, Any]:
-    """A seeds stage end to end: `run` every seed, then publish runs/<task>/<name>/ and the summary over seeds
-    (runs/<task>/<name>.json: curves.summarize and `extra(results)`), logged at `step`."""
-    out = paths.run_dir(root, plan.name, name)
-    results, how = run(name, plan, params, root=root, key=key, job=job, out=out, files=files, track=track, tags=tags,
-                       **parallel)
-    summary = {"task": plan.name, **curves.summarize(results), **extra(results)}
-    finish(how, summary, out.parent / f"{name}.json", step=step)
-    return {"summary": summary, "results": results, "work_dir": str(how["work_dir"]), "workers": how["workers"]}
+    """A seeds stage end to end: `run` every seed, then publish the seeds' `files` (runs/<task>/<name>/seed_<k>/) and
+    the summary over seeds (runs/<task>/<name>.json, the DVC metrics file: curves.summarize and `extra(results)`)
+    together, then log the summary at `step` to the MLflow parent run and end it.
 
-
-def finish(how: dict[str, Any], summary: dict[str, Any], out: Path, *, step: int = 0) -> None:
-    """Publish the seeds' files (`how["out"]/seed_<k>/`) and the summary over seeds (`out`, the DVC metrics file)
-    together, then log the summary to the MLflow parent run and end it.
-
-    Both are written in full before either replaces what was there, so an error while
+    Both outputs are written in full before either replaces what was there, so an error while
     writing (a full disk) leaves the old pair; a kill between the two renames leaves a
     mix that DVC sees as an unfinished stage and re-runs (tests/test_pipeline_e2e.py).
     """
-    work = how["work_dir"]
-    with atomic_path(out) as summary_tmp, atomic_dir(how["out"]) as tmp:
-        for s in how["seeds"]:
-            for file in how["files"]:
+    out = paths.run_dir(root, plan.name, name)
+    results, how = run(name, plan, params, root=root, key=key, job=job, files=files, track=track, tags=tags, **parallel)
+    summary = {"task": plan.name, **curves.summarize(results), **extra(results)}
+    summary_path, work = out.parent / f"{name}.json", how["work_dir"]
+    with atomic_path(summary_path) as summary_tmp, atomic_dir(out) as tmp:
+        for s in range(params.seeds):
+            for file in files:
                 copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
         summary_tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # as write_json writes it
     tracker, parent = how["tracker"], how["parent"]
     if tracker is not None and tracker.status(parent) != "FINISHED":
         tracker.log_metrics(parent, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=step)
-        tracker.log_artifacts(parent, [out])
+        tracker.log_artifacts(parent, [summary_path])
         tracker.finish(parent)
+    return {"summary": summary, "results": results, "work_dir": str(work), "workers": how["workers"]}

@@ -1,11 +1,10 @@
 """What a study leaves: reports/tune/<task>-<phase>.json (best values, every trial) and its two plots."""
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 
-from odt.atomic import copy_file
+from odt.curves import save_figure
 from pipeline.params import Params, TaskPlan
 from pipeline.tuning import TUNABLE
 from pipeline.study import DIRECTION, first_line, search_space
@@ -50,18 +49,6 @@ def summarize(study, plan: TaskPlan, params: Params, phase: str, label: str, bud
     }
 
 
-def _save_figure(fig, path: Path) -> Path:
-    """PNG written beside nothing half-done: into a temp dir, then copied into place atomically."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            fig.savefig(Path(tmp) / "plot.png", format="png", dpi=100, bbox_inches="tight")
-            return copy_file(Path(tmp) / "plot.png", path)
-    finally:
-        plt.close(fig)
-
-
 def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str, float] | None, str | None]:
     """Optimization history and parameter importances (fANOVA, seeded) as PNG; importances need 2 completed trials."""
     import matplotlib  # noqa: PLC0415
@@ -76,7 +63,7 @@ def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str,
         warnings.simplefilter("ignore")  # optuna's matplotlib plots are flagged experimental
         ax = ovm.plot_optimization_history(study)
         ax.set_title(f"{title}: optimization history")
-        _save_figure(ax.figure, history)
+        save_figure(ax.figure, history, dpi=100, bbox_inches="tight")
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         importances, note = None, None
         if len(complete) >= 2:
@@ -85,7 +72,7 @@ def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str,
                 importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
                 ax = ovm.plot_param_importances(study, evaluator=evaluator)
                 ax.set_title(f"{title}: parameter importances (fANOVA)")
-                _save_figure(ax.figure, importance)
+                save_figure(ax.figure, importance, dpi=100, bbox_inches="tight")
             except (RuntimeError, ValueError) as err:
                 note = f"parameter importances unavailable: {first_line(err)}"
         else:
@@ -94,5 +81,5 @@ def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str,
             fig, ax = plt.subplots(figsize=(6, 2))
             ax.axis("off")
             ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
-            _save_figure(fig, importance)
+            save_figure(fig, importance, dpi=100, bbox_inches="tight")
     return {"history": str(history), "importance": str(importance)}, importances, note

@@ -8,6 +8,7 @@ logged step). Metrics go in batches through MlflowClient.log_batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -73,14 +74,9 @@ class Tracker:
         self.uri = uri or tracking_uri(self.root)
         self.local = not self.uri.startswith(("http://", "https://", "databricks"))
         db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
-        if db is not None and db.parent.is_dir():
-            # opening a store creates its tables: two processes doing it at once on a new sqlite
-            # file race ("duplicate column name"); a lock beside the file serialises them
-            from odt.datasets.download import file_lock  # noqa: PLC0415
-
-            with file_lock(db.with_name(db.name + ".lock")):
-                self.client = MlflowClient(self.uri)
-        else:
+        # opening a store creates its tables: two processes doing it at once on a new sqlite
+        # file race ("duplicate column name"); the lock beside the file serialises them
+        with self.lock() if db is not None and db.parent.is_dir() else contextlib.nullcontext():
             self.client = MlflowClient(self.uri)
 
     def lock(self):

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from odt.atomic import write_json
-from odt.config import ConfigError
 from pipeline import cli, paths, study
 from pipeline.finetune import check_pretrained
 from pipeline.params import Params, TaskPlan, phase_config
@@ -62,7 +61,6 @@ class Objective:
         self.phase, self.root, self.tracking = phase, root, tracking
         self.budget = {"pretrain_updates": budget, "eval_every": eval_every} if phase == "pretrain" else {"online_samples": budget}
         self.space = study.search_space(params.tune)
-        self._data = None
 
     def __call__(self, trial) -> float:
         import optuna  # noqa: PLC0415
@@ -88,16 +86,12 @@ class Objective:
         from odt.loops import finetune, pretrain  # noqa: PLC0415
 
         cfg, _ = phase_config(self.plan, self.params, self.phase, {**hp, **self.budget}, root=self.root)
-        env_fn, device = self.plan.env_fn(self.root), self.params.device
-        if self._data is None:
-            from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
-
-            self._data = load_d4rl_hdf5(paths.dataset(self.root, self.plan.name), task=self.plan.name)
+        env_fn, device, data = self.plan.env_fn(self.root), self.params.device, paths.dataset(self.root, self.plan.name)
         if self.phase == "pretrain":
-            run = pretrain(self._data, self.plan.model, cfg, env_fn, task=self.plan.name, device=device, logger=logger,
+            run = pretrain(data, self.plan.model, cfg, env_fn, task=self.plan.name, device=device, logger=logger,
                            progress=False)
         else:
-            run = finetune(paths.pretrained(self.root, self.plan.name, 0), cfg, env_fn, data=self._data, seed=0,
+            run = finetune(paths.pretrained(self.root, self.plan.name, 0), cfg, env_fn, data=data, seed=0,
                            offline=self.plan.pretrain, device=device, logger=logger, progress=False)
         return float(run.final["eval_normalized"])
 
@@ -120,8 +114,8 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, journal, plots
     tune = params.tune
     budget, eval_every = trial_budget(plan, tune, phase)
-    if phase == "pretrain" and not paths.dataset(root, plan.name).is_file():
-        raise study.StudyError(f"dataset {paths.dataset(root, plan.name)} does not exist; run `dvc repro fetch@{plan.name}` first")
+    if phase == "pretrain":
+        paths.existing_dataset(root, plan.name)
     if phase == "finetune":  # missing or damaged: one line before any trial
         check_pretrained(root, plan.name, 1)
     name = study_name or f"{plan.name}-{phase}"

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.config import ConfigError, format_validation_error
+from odt.config import ConfigError, NonNegInt, PosInt, format_validation_error
+
 TUNABLE = ("learning_rate", "weight_decay")
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class SearchRange(BaseModel):

@@ -64,6 +64,24 @@ def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
         ODTTrainer.load(tmp_path / "pre.pt")
 
 
+def test_the_loops_read_a_d4rl_file_themselves_and_write_their_curves(tmp_path):
+    from odt.datasets.hdf5 import load_d4rl_hdf5, write_d4rl_hdf5
+
+    path = write_d4rl_hdf5(tmp_path / "hopper.hdf5", hopper_dataset())
+    by_path = pretrain(path, MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", progress=False,
+                       checkpoint=tmp_path / "pre.pt")
+    loaded = pretrain(load_d4rl_hdf5(path, task="hopper-medium-v2"), MODEL, PRETRAIN, hopper, task="hopper-medium-v2",
+                      device="cpu", progress=False)
+    assert by_path.evaluations == loaded.evaluations and len(by_path.trainer.buffer) == len(loaded.trainer.buffer)
+    online = finetune(tmp_path / "pre.pt", FINETUNE, hopper, data=path, device="cpu", progress=False)
+    assert online.final["online_samples"] >= 60
+    for run, header in ((by_path, "updates"), (online, "round,online_samples")):
+        lines = run.write_curve(tmp_path / "curve.csv").read_text().splitlines()
+        assert lines[0] == header + ",eval_return,eval_return_std,eval_normalized,eval_normalized_std"
+        assert len(lines) == 1 + len(run.evaluations)
+        assert float(lines[-1].split(",")[-2]) == run.final["eval_normalized"]
+
+
 def test_finetuning_explores_fills_the_buffer_fifo_and_scores_on_its_cadence():
     pre = pretrain(hopper_dataset(), MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", progress=False)
     before = [p.detach().clone() for p in pre.trainer.model.parameters()]

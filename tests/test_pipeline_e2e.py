@@ -115,7 +115,7 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     # the table: all eight columns of Table 5.1 for every task, each over 10 seeds, the paper's beside ours
     table = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
     assert list(table.index) == TASKS and (table["seeds"] == SEEDS).all()
-    paper = pd.read_csv(ROOT / "pipeline" / "data" / "paper_table_5_1.csv").set_index("dataset")
+    paper = pd.read_csv(ROOT / "odt" / "paper_table_5_1.csv").set_index("dataset")
     stage_of = {"dt": ("dt", "offline"), "odt_offline": ("finetune", "offline"), "odt_online": ("finetune", "online"),
                 "iql_offline": ("iql", "offline"), "iql_online": ("iql", "online"), "sac_online": ("sac", "online")}
     pretrained = {}

@@ -4,12 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from odt.config import ConfigError
-from pipeline import parallel, table
+from odt import comparison
+from pipeline import parallel
 from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task
 from pipeline.tuning import read_tuned, tuned_path
 from pipeline.profile import profiles, render
@@ -146,26 +146,28 @@ def test_the_table_states_every_column_the_papers_value_and_the_pattern():
                finetune_lr=0.001, finetune_wd=0.0001, finetune_hparams="params")
     ours = {"dt": (1.5, 0.1), "odt_offline": (2.0, 0.1), "odt_online": (3.0, 0.2), "iql_offline": (2.2, 0.3),
             "iql_online": (2.4, 0.3), "sac_online": (3.5, 1.0)}
-    paper = table.load_paper().loc["hopper-medium"]
+    paper = comparison.load_paper()["hopper-medium"]
     for col, (mean, std) in ours.items():
         row |= {f"{col}_mean": mean, f"{col}_std": std, f"paper_{col}": paper[col], f"paper_{col}_std": paper[f"{col}_std"]}
     row |= {"odt_delta_mean": 1.0, "iql_delta_mean": 0.2, "paper_odt_delta": 30.59, "paper_iql_delta": 2.98}
-    md = table.markdown(pd.DataFrame([row]), params)
+    md = comparison.markdown([row], profile=params.profile, seeds=params.seeds)
     assert ("| hopper-medium-v2 | 150 | 1.5 ± 0.1 (61.0 ± 5.1) | 2.0 ± 0.1 (67.0 ± 3.3) | 3.0 ± 0.2 (97.5 ± 2.1) "
             "| 1.0 (30.6) | 2.2 ± 0.3 (63.8 ± 9.2) | 2.4 ± 0.3 (66.8 ± 4.1) | 0.2 (3.0) | 3.5 ± 1.0 (66.8 ± 27.1) "
             "| δ ODT > δ IQL; ODT not above SAC |") in md
     assert "| hopper-medium-v2 | 0.0042 | 0.00031 | tuned (reports/tune/hopper-medium-v2-pretrain.json) | 0.001 | 0.0001 | params |" in md
     assert "| hopper-medium-v2 | 2.00 | 2.50 |" in md  # the final pretrained score beside the best on the way
-    assert table.paper_name("hopper-medium-replay-v2") == "hopper-medium-replay"
-    assert table.load_paper().loc["hopper-medium", "odt_online"] == 97.54 and len(table.load_paper()) == 10
+    assert comparison.paper_name("hopper-medium-replay-v2") == "hopper-medium-replay"
+    assert comparison.load_paper()["hopper-medium"]["odt_online"] == 97.54 and len(comparison.load_paper()) == 10
 
 
 def test_sac_runs_once_per_environment_and_every_shipped_profile_runs_every_baseline():
-    from pipeline.profile import baseline_tasks
+    from odt.comparison import baseline_tasks, sac_task
 
     tasks = ["hopper-medium-replay-v2", "hopper-medium-v2", "walker2d-medium-replay-v2", "antmaze-umaze-v2"]
     assert baseline_tasks("sac", tasks) == ["hopper-medium-v2", "walker2d-medium-replay-v2"]  # medium first; no AntMaze
     assert baseline_tasks("iql", tasks) == tasks
+    assert sac_task("hopper-medium-replay-v2", ["hopper-medium-v2"]) == "hopper-medium-v2"
+    assert sac_task("walker2d-medium-v2", ["hopper-medium-v2"]) is None
     for name in ("tiny", "quick", "cpu", "paper"):
         params = parse_params(resolved(name))
         assert set(params.baselines) == {"dt", "iql", "sac"}

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         backend=backend, n_jobs=2, address=argv[2] if len(argv) > 2 else None, threads_per_worker=None))
     job = functools.partial(tick, str(root), int(os.environ.get("TICKS", "600")))
     code, _ = cli.run_guarded("tick", lambda: seeds.run("tick", SimpleNamespace(name="tick"), params, root=root,
-                                                         key={"stage": "tick"}, job=job, out=root / "out",
+                                                         key={"stage": "tick"}, job=job,
                                                          files=("result.json",), track=False))
     return code
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import IQLConfig
-from odt.data import Trajectory
+from odt.data import Data, Trajectory, trajectories
 from odt.envs import check_dims, vector_env
 from odt.evaluation import eval_seeds, run_episodes, score
 from odt.logger import Logger, NullLogger
@@ -197,7 +197,7 @@ def reward_transform(task: str | None, data: Sequence[Trajectory]) -> tuple[floa
 
 
 def iql(
-    data: Sequence[Trajectory],
+    data: Data,
     cfg: IQLConfig,
     env_fn: EnvFn,
     *,
@@ -214,6 +214,7 @@ def iql(
     offline score, online_samples 0), every `eval_every` online steps, and at the end.
     """
     logger = logger or NullLogger()
+    data = trajectories(data, task)
     obs_dim, act_dim = data[0].observations.shape[1], data[0].actions.shape[1]
     torch.manual_seed(seed)
     agent = IQL(obs_dim, act_dim, cfg, total_updates=cfg.offline_updates + cfg.online_samples, device=device)
