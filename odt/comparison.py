@@ -138,7 +138,7 @@ def plot_pretrain(path: Path, pre: list[Row], seeds: int, *, title: str) -> Path
 
 
 def _missing(v: Any) -> bool:
-    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _cell(mean: float, std: float | None, paper: float, paper_std: float | None = None) -> str:
@@ -173,10 +173,9 @@ def markdown(rows: list[Row], *, profile: str, seeds: int) -> str:
         "| task | online samples | " + " | ".join(TITLES[c] for c in cols) + " | the paper's pattern here |",
         "|---|---:|" + "---:|" * len(cols) + "---|",
     ]
-    for r in rows:
-        delta = lambda c: c.endswith("delta")  # noqa: E731  a difference of means: no std
-        cells = [_cell(r[f"{c}_mean"], None if delta(c) else r[f"{c}_std"], r[f"paper_{c}"],
-                       None if delta(c) else r[f"paper_{c}_std"]) for c in cols]
+    for r in rows:  # a delta is a difference of means: no std
+        cells = [_cell(r[f"{c}_mean"], None if c in DELTAS else r[f"{c}_std"], r[f"paper_{c}"],
+                       None if c in DELTAS else r[f"paper_{c}_std"]) for c in cols]
         lines.append(f"| {r['task']} | {r['online_samples']:,} | " + " | ".join(cells) + f" | {pattern(r)} |")
     shared = [r for r in rows if r["sac_from"] and r["sac_from"] != r["task"]]
     if shared:

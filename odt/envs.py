@@ -142,8 +142,12 @@ def fixed_observation_dims(task: str | TaskSpec, trajectories: Sequence[Trajecto
 def dataset_env_fn(task: str, version: str = "v5", metadata: str | os.PathLike | None = None) -> functools.partial:
     """make_env as the task's dataset needs it (D4RL dims; Ant's contact dims pinned as the dataset's .json says,
     when `metadata` names one that exists): a picklable env factory for the loops and for worker processes."""
-    fixed = load_fixed_obs(metadata) if metadata is not None and os.path.isfile(metadata) else None
-    return functools.partial(make_env, task, version, fixed_obs=fixed)
+    return functools.partial(make_env, task, version, fixed_obs=dataset_fixed_obs(metadata))
+
+
+def dataset_fixed_obs(metadata: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """load_fixed_obs of a dataset's .json; None where it names none or there is no such file."""
+    return load_fixed_obs(metadata) if metadata is not None and os.path.isfile(metadata) else None
 
 
 def fixed_obs_json(fixed: tuple[np.ndarray, np.ndarray] | None) -> dict[str, list] | None:

@@ -52,10 +52,11 @@ def pretrain_key(stage: str, plan, params, model, cfg, data: Path) -> dict[str, 
 
 def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path) -> dict[str, Any]:
     """Same for finetuning: the pretrained checkpoints each seed starts from, by content."""
-    from odt.envs import fixed_obs_json  # noqa: PLC0415
+    from odt.envs import dataset_fixed_obs, fixed_obs_json  # noqa: PLC0415
+    from pipeline.paths import dataset_meta  # noqa: PLC0415
 
     return {"stage": "finetune", "task": plan.name, "train": cfg.model_dump(), "offline_eval": plan.pretrain.evaluation.model_dump(),
-            "fixed_obs": fixed_obs_json(plan.env_fn(root).keywords["fixed_obs"]), "env_version": params.env_version,
+            "fixed_obs": fixed_obs_json(dataset_fixed_obs(dataset_meta(root, plan.name))), "env_version": params.env_version,
             "checkpoint_sha256": [file_sha(c) for c in checkpoints], "code_sha256": code_sha()}
 
 

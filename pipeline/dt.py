@@ -19,8 +19,9 @@ from pipeline.pretrain import run_seeds
 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
-    hparams = {"learning_rate": plan.baseline("dt").learning_rate, "weight_decay": plan.dt.weight_decay, "source": "params"}
-    return run_seeds("dt", plan, params, plan.dt_model, plan.dt, root=Path(root).resolve(), track=track, hparams=hparams,
+    cfg = plan.baseline("dt")
+    hparams = {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "source": "params"}
+    return run_seeds("dt", plan, params, plan.dt_model, cfg, root=Path(root).resolve(), track=track, hparams=hparams,
                      **parallel)
 
 

@@ -23,8 +23,8 @@ FILES = ("curve.csv", "result.json")
 def iql_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
     from odt.baselines.iql import iql  # noqa: PLC0415
 
-    run = iql(paths.dataset(root, plan.name), plan.iql, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
-              checkpoint=seed_dir / "state.pt", progress=False)
+    run = iql(paths.dataset(root, plan.name), plan.iql, plan.env_fn(root), task=plan.name, seed=seed,
+              device=params.device, logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
     run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()  # the replay buffer makes it large
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.updates}
@@ -32,11 +32,12 @@ def iql_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
     root = Path(root).resolve()
-    key = {"stage": "iql", "task": plan.name, "iql": plan.baseline("iql").model_dump(), "env_version": params.env_version,
+    cfg = plan.baseline("iql")
+    key = {"stage": "iql", "task": plan.name, "iql": cfg.model_dump(), "env_version": params.env_version,
            "data_sha256": caching.file_sha(paths.existing_dataset(root, plan.name)), "code_sha256": caching.code_sha()}
     return seeds.stage("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
-                       files=FILES, step=plan.iql.online_samples, track=track,
-                       extra=lambda results: {"online_samples": plan.iql.online_samples}, **parallel)
+                       files=FILES, step=cfg.online_samples, track=track,
+                       extra=lambda results: {"online_samples": cfg.online_samples}, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, A
     """
     from odt.loops import pretrain  # noqa: PLC0415
 
-    run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
-                   checkpoint=seed_dir / "checkpoint.pt", progress=False)
+    run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed,
+                   device=params.device, logger=logger, checkpoint=seed_dir / "checkpoint.pt", progress=False)
     run.write_curve(seed_dir / "curve.csv")
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.num_updates, **extra}
 

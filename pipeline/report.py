@@ -60,9 +60,10 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
     root = Path(root)
     reports = Path(reports or root / "reports")
     results, all_curves = collect(params, root)
+    records = results.to_dict("records")
     metric_keys = [c for c in results.columns if c.endswith(("_mean", "_std")) or c.startswith("paper_")]
     metrics = {r["task"]: {k: None if pd.isna(r[k]) else round(float(r[k]), 4) for k in metric_keys}
-               for r in results.to_dict("records")}
+               for r in records}
     # every output is written in full before any replaces its old version: an error on the way (a
     # full disk, a file-size limit) leaves the old report whole; the renames then follow one another
     with contextlib.ExitStack() as outputs:
@@ -71,9 +72,9 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
         curve_dir, pre_dir, plot_dir = (outputs.enter_context(atomic_dir(reports / name))
                                         for name in ("curves", "pretrain_curves", "plots"))
         csv.write_text(results.to_csv(index=False, float_format="%.4f"))
-        md.write_text(comparison.markdown(results.to_dict("records"), profile=params.profile, seeds=params.seeds))
+        md.write_text(comparison.markdown(records, profile=params.profile, seeds=params.seeds))
         metrics_json.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        for r in results.to_dict("records"):
+        for r in records:
             task, task_curves = r["task"], all_curves[r["task"]]
             online = comparison.online_curves(task_curves, r["online_samples"])
             curves.write_csv(curve_dir / f"{task}.csv", online, list(online[0]))

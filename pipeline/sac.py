@@ -32,11 +32,12 @@ def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, 
 
 def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
     root = Path(root).resolve()
-    key = {"stage": "sac", "task": plan.name, "sac": plan.baseline("sac").model_dump(), "env_version": params.env_version,
+    cfg = plan.baseline("sac")
+    key = {"stage": "sac", "task": plan.name, "sac": cfg.model_dump(), "env_version": params.env_version,
            "code_sha256": caching.code_sha()}
     return seeds.stage("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
-                       files=FILES, step=plan.sac.online_samples, track=track,
-                       extra=lambda results: {"online_samples": plan.sac.online_samples}, **parallel)
+                       files=FILES, step=cfg.online_samples, track=track,
+                       extra=lambda results: {"online_samples": cfg.online_samples}, **parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
