@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import Parser, run_guarded
 from pipeline.paths import ROOT
 
 SOURCES = ("d4rl", "minari", "generate", "file")  # odt.datasets.fetch's; not imported, so --help needs no torch
@@ -27,8 +28,6 @@ SOURCES = ("d4rl", "minari", "generate", "file")  # odt.datasets.fetch's; not im
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The flags, or exit 2 with one `error:` line."""
-    from pipeline.cli import Parser  # noqa: PLC0415
-
     ap = Parser(prog="python -m pipeline.fetch", description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, help="D4RL task name, e.g. hopper-medium-v2")
     ap.add_argument("--source", required=True, choices=SOURCES)
@@ -73,8 +72,6 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import run_guarded  # noqa: PLC0415
-
     try:
         args = parse_args(argv)
     except SystemExit as done:  # --help (0) or bad flags (2, the line printed)
