@@ -109,6 +109,7 @@ def write_summary(out: Path, runs: list[dict[str, Any]], names: list[str]) -> No
     lines = ["| variant | seeds | final (mean ± std) | best on the way | final / best | at 3000 | at 4000 | length std at the end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    half = -(-len(names) // 2)  # the first half of the variants on the left, the rest on the right
     for i, name in enumerate(names):
         rs = [r for r in runs if r["variant"] == name]
         if not rs:
@@ -122,7 +123,7 @@ def write_summary(out: Path, runs: list[dict[str, Any]], names: list[str]) -> No
                      f"{np.mean(final / best):.2f} | {at[3000]:.1f} | {at[4000]:.1f} | {spread:.0f} |")
         x = [e["updates"] for e in rs[0]["evaluations"]]
         y = np.mean([[e["eval_normalized"] for e in r["evaluations"]] for r in rs], axis=0)
-        axes[i // 6].plot(x, y, marker="o", ms=3, label=name, color=f"C{i % 10}")
+        axes[i // half].plot(x, y, marker="o", ms=3, label=name, color=f"C{i % 10}")
     for ax in axes:
         ax.set_xlabel("pretraining updates")
         ax.set_ylabel("normalized return (mean over seeds)")
