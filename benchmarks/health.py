@@ -128,7 +128,8 @@ def write_summary(out: Path, runs: list[dict[str, Any]], names: list[str]) -> No
         ax.set_xlabel("pretraining updates")
         ax.set_ylabel("normalized return (mean over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:  # one variant leaves the right-hand axis empty
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
