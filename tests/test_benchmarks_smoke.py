@@ -146,3 +146,20 @@ def test_run_writes_report_and_rejects_bad_names(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --only: unknown benchmark 'samplr'")
+
+
+def test_health_summary_takes_every_variant(tmp_path):
+    from benchmarks import health
+
+    names = list(health.VARIANTS)  # all 13: the plot splits them over its two axes
+    runs = [{"variant": n, "seed": s, "wall_time": 1.0, "rows": [{"updates": 100, "nll": 0.5}],
+             "evaluations": [{"updates": u, "eval_normalized": float(i + s + u / 1000), "eval_length_std": 2.0}
+                             for u in (3000, 4000, 5000)]}
+            for i, n in enumerate(names) for s in range(2)]
+    health.write_summary(tmp_path, runs, names)
+    lines = (tmp_path / "summary.md").read_text().splitlines()[2:]
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines] == names
+    # variant 1: finals 6 and 7 (mean 6.5 ± 0.5), bests the same, at 3000: mean of 4 and 5
+    assert lines[1].split(" | ")[1:6] == ["2", "6.5 ± 0.5", "6.5", "1.00", "4.5"]
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert len((tmp_path / "variants.csv").read_text().splitlines()) == 1 + len(names) * 2 * 3
