@@ -9,7 +9,8 @@ new one, never half of one. Temporaries are named `.<target>.tmp-<host>-<pid>-<r
 a later write of the same target removes those of processes that are dead (killed
 mid-write) and leaves a live concurrent writer's alone. An error while writing (a full
 disk, a read-only directory, a file-size limit) is a `WriteError` naming the target, and
-leaves the target as it was.
+leaves the target as it was; `writer_error` makes one of a writer library's own error
+(torch.save's RuntimeError), with the cause the OS gave where it can be found.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import tempfile
@@ -41,6 +43,37 @@ _SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 def _write_error(err: OSError, path: Path) -> WriteError:
     return WriteError(err.errno, err.strerror or str(err), str(path))
+
+
+FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
+
+
+def writer_error(err: BaseException, path: str | os.PathLike, tmp: str | os.PathLike) -> WriteError:
+    """`err`, raised by a library writing `tmp` on the way to `path` (torch's zip writer raises RuntimeError
+    `[enforce fail at inline_container.cc] ... unexpected pos ...`), as a WriteError naming `path` and the cause.
+
+    The cause: the OSError in `err`'s chain (torch raises its own error while handling the
+    write's), else what the file-size limit (RLIMIT_FSIZE, against the bytes `tmp` holds) or
+    the free space of its file system says, else a guess.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno:
+            return WriteError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    try:
+        written = os.stat(tmp).st_size
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY and written >= soft:
+            return WriteError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+        fs = os.statvfs(Path(tmp).parent)
+        if (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize < FULL:  # root may use the reserve
+            return WriteError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    except OSError:
+        pass
+    return WriteError(None, "the writer failed (disk full or file-size limit?)", str(path))
 
 
 def _writing(err: OSError, tmp: Path) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from odt.atomic import atomic_path
+from odt.atomic import atomic_path, writer_error
 
 
 class CheckpointError(ValueError):
@@ -15,10 +15,29 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write atomically (odt.atomic): a reader, or a process killed mid-write, sees the old file or the new one."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    """Write atomically (odt.atomic): a reader, or a process killed mid-write, sees the old file or the new one.
+
+    A full disk or a file-size limit is a WriteError (`cannot write PATH: CAUSE`), the old file left as it was,
+    also where torch's writer reports it as its own RuntimeError.
+    """
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except RuntimeError as err:
+            if not _writer_failed(err):
+                raise
+            raise writer_error(err, path, tmp) from None
     return Path(path)
+
+
+def _writer_failed(err: RuntimeError) -> bool:
+    """Whether torch's zip writer failed on a write the OS refused (its message, or the OSError it was handling)."""
+    chain, cause = [], err
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return any(isinstance(e, OSError) or "inline_container" in str(e) or "PytorchStreamWriter" in str(e) for e in chain)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,

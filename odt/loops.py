@@ -4,12 +4,16 @@ Each loop reads top to bottom: what happens at update N, or in round N (train, e
 log, checkpoint), is inline. Given a `checkpoint` path, a loop writes there everything it
 needs to continue, and called again with the same arguments it resumes from that file to
 the same numbers as a run that was never interrupted (a finished run returns at once).
+A non-finite loss, gradient norm or score stops a loop with `Diverged` (odt.trainer), one
+line naming the phase, task, seed, update and the learning rate to lower; nothing of that
+update is logged and no checkpoint is written after it.
 
     run = pretrain(trajectories, model_cfg, PretrainConfig(...), env_fn, task="hopper-medium-v2")
     run = finetune(run.trainer, FinetuneConfig(...), env_fn, seed=1, offline=pretrain_cfg)
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from odt.envs import check_dims, vector_env
 from odt.logger import Logger, NullLogger
 from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
+from odt.divergence import Diverged
 from odt.trainer import ODTTrainer
 
 EnvFn = Callable[[], gym.Env]
@@ -67,6 +72,23 @@ class Run:
             f"best_{at}": best[at], "wall_time": self.wall_time}
 
 
+def names_divergence(phase: str):
+    """A loop whose `Diverged` is re-raised as one line naming `phase`, the task and seed (as the learner
+    named them, else the loop's `task` and `seed` keywords) and the setting to lower, `<phase>.learning_rate`."""
+    def wrap(loop: Callable[..., Run]) -> Callable[..., Run]:
+        @functools.wraps(loop)
+        def run(*args: Any, **kwargs: Any) -> Run:
+            try:
+                return loop(*args, **kwargs)
+            except Diverged as err:
+                task, seed = kwargs.get("task"), kwargs.get("seed", 0)
+                who = err.where or (f"{task} seed {seed}" if task else f"seed {seed}")
+                raise err.named(f"{phase} {who}", f"{phase}.learning_rate") from None
+        return run
+    return wrap
+
+
+@names_divergence("pretrain")
 def pretrain(
     data: Data,
     model_cfg: ModelConfig,
@@ -119,6 +141,7 @@ def pretrain(
     return Run(trainer, evaluations, time.perf_counter() - start, online=False)
 
 
+@names_divergence("finetune")
 def finetune(
     pretrained: ODTTrainer | str | Path,
     cfg: FinetuneConfig,

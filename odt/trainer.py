@@ -4,7 +4,8 @@ Read `_step` top to bottom for one gradient step: NLL minus lambda * entropy for
 policy (LAMB, warmup, gradient clipping), then the dual step on log lambda (Adam); `update`
 samples the segments it learns from. On CUDA the whole step replays from one captured CUDA
 graph (`CudaGraphUpdate`). When to update, explore, evaluate and checkpoint is the loops'
-business (odt/loops.py).
+business (odt/loops.py). A non-finite loss or gradient norm, or evaluation score, raises
+`Diverged`: nothing non-finite becomes a result.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from odt.losses import TanhNormal, deterministic_loss, policy_loss, temperature_
 from odt.model import DecisionTransformer, ModelConfig
 from odt.optim import Lamb as CapturableLamb
 from odt.optim import LinearWarmup
+from odt.divergence import Diverged, check_scores, training_diverged
 from odt.replay import Batch, TrajectoryReplayBuffer
 
 GRAPH_WARMUP = 3  # eager updates of a new batch shape before its capture (PyTorch's recipe warms up 3)
@@ -152,6 +154,10 @@ class ODTTrainer:
             state_std = buffer.observations.std(axis=0) + 1e-6
         self._set_normaliser(state_mean, state_std)
         self.num_updates = 0
+        # on the CPU each update checks its loss and gradient norm before the optimiser step (a host sync is free
+        # there); on CUDA, and on the capturable path that stands in for it, `train_updates` checks its block at
+        # the end, from numbers recorded on the device: the update itself never waits for the device
+        self.check_each_update = self.device.type != "cuda" and not self.cuda_graph
         # the update's CUDA graph: captured after GRAPH_WARMUP eager updates of its batch shape
         self._graph: CudaGraphUpdate | None | bool = None  # False: capture failed, eager
         self._graph_key: tuple | None = None
@@ -253,6 +259,11 @@ class ODTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        if self.check_each_update:  # before the step: a non-finite gradient never reaches the weights
+            diverged = training_diverged(self.num_updates + 1, float(loss.detach()), float(grad_norm),
+                                         self.optim.learning_rate)
+            if diverged is not None:
+                raise diverged.named(self._who)
         self.optimizer.step()
         self.scheduler.step()
 
@@ -333,7 +344,11 @@ class ODTTrainer:
         return bool(self._graph)
 
     def update(self) -> dict[str, torch.Tensor]:
-        """One update of theta and one of lambda; metrics stay on the device (no sync)."""
+        """One update of theta and one of lambda; metrics stay on the device (no sync).
+
+        On the CPU a non-finite loss or gradient norm raises `Diverged` (before the step); on CUDA only
+        `train_updates` checks.
+        """
         metrics = self._update(self._stage(self._sample()))
         return {k: v.clone() for k, v in metrics.items()} if self.graphed else metrics  # a graph's are static
 
@@ -343,16 +358,30 @@ class ODTTrainer:
         One batch ahead: batch k + 1 is sampled and sent after update k is queued, so on a GPU
         the host's share runs while the device computes. The numpy stream (sampling) and the
         torch stream (dropout, rsample) are separate, so the numbers are those of update() n times.
+
+        A non-finite loss or gradient norm raises `Diverged` naming its update: on the CPU at
+        that update, before its step; on CUDA after the block, from each update's loss and
+        gradient norm recorded on the device (no extra host sync), with the weights then unusable.
         """
         sums: dict[str, torch.Tensor] = {}
+        # on CUDA: each update's (loss, grad norm), read back only if the block's averages are not finite
+        record = None if self.check_each_update or not n else torch.empty((n, 2), device=self.device)
         batch = self._stage(self._sample()) if n else None
         for i in tqdm(range(n), desc=desc, disable=not progress, leave=False, mininterval=1.0):
             metrics = self._update(batch)
+            if record is not None:
+                torch.stack((metrics["loss"].float(), metrics["grad_norm"].float()), out=record[i])
             if i + 1 < n:
                 batch = self._stage(self._sample())
             for k, v in metrics.items():  # a graph's metrics are overwritten by its next replay: clone the first
                 sums[k] = sums[k] + v if k in sums else v.clone()
         out = {k: float(v) / n for k, v in sums.items()} if n else {}
+        if record is not None and not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+            first = int((~torch.isfinite(record)).any(1).nonzero()[0])
+            loss, grad_norm = record[first].tolist()
+            diverged = training_diverged(self.num_updates - n + first + 1, loss, grad_norm, self.optim.learning_rate) \
+                or Diverged(self.num_updates, "mean loss", out["loss"], learning_rate=self.optim.learning_rate)
+            raise diverged.named(self._who)
         out["learning_rate"] = self.scheduler.get_last_lr()[0]
         return out
 
@@ -371,11 +400,17 @@ class ODTTrainer:
 
         Returns raw and (with a task) D4RL-normalized returns, mean and std over episodes.
         Episode seeds follow from (seed, index) alone, so a score never touches the training RNG.
+        A non-finite score raises `Diverged` (at the updates made so far): it never becomes a result.
         """
         seeds = eval_seeds(self.seed, index, envs.num_envs)
         result = evaluate(self.model, envs, target_return=cfg.g_eval, seeds=seeds, state_mean=self.state_mean,
                           state_std=self.state_std, context_len=cfg.eval_context_len)
-        return score(result, self.task)
+        return check_scores(score(result, self.task), self.num_updates, self.optim.learning_rate, where=self._who)
+
+    @property
+    def _who(self) -> str:
+        """How a `Diverged` names this trainer: task and seed."""
+        return f"{self.task} seed {self.seed}" if self.task else f"seed {self.seed}"
 
     # phases and seeds --------------------------------------------------------------------
     def use(self, optim: OptimConfig) -> None:

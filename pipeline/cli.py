@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from odt.config import ConfigError
+from pipeline import interrupts
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
@@ -57,12 +58,19 @@ def run_guarded(what: str, body: Callable[[], Any], *, failed: tuple[type[Except
                 bad: tuple[type[Exception], ...] = ()) -> tuple[int, Any]:
     """(exit code, body's value): every way a stage ends, as one line on stderr and its exit code."""
     from pipeline.heartbeat import StageBusy  # noqa: PLC0415
+    from pipeline.tracking import StoreError  # noqa: PLC0415
 
-    failed = (*failed, StageBusy)  # another live run holds the work directory
+    failed = (*failed, StageBusy, StoreError)  # another live run holds the work directory; an unreadable MLflow store
     try:
-        return 0, body()
-    except KeyboardInterrupt:
-        return fail(f"{what} interrupted; rerun to resume", code=INTERRUPTED), None
+        try:
+            interrupts.arm()
+            value = body()
+        finally:
+            interrupts.settle()  # the end is decided: a later Ctrl-C or SIGTERM changes nothing
+        return 0, value
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (pipeline/interrupts.py)
+        code, how = (err.code, err.how) if isinstance(err, interrupts.Interrupted) else (INTERRUPTED, "interrupted")
+        return fail(f"{what} {how}; rerun to resume", code=code), None
     except bad as err:
         return fail(str(err)), None
     except FileNotFoundError as err:
@@ -105,14 +113,12 @@ def stage_main(argv: list[str] | None, *, doc: str, stage: str, run_stage: Calla
     ap.add_argument("--root", default=".", help=root_help)
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> dict[str, Any]:
         params, plan = load_or_exit(args.params, args.task)
-        bad = bad_input()
-    except KeyboardInterrupt:
-        return fail(f"{stage} {args.task} interrupted; rerun to resume", code=INTERRUPTED)
-    code, out = run_guarded(f"{stage} {args.task}", lambda: run_stage(plan, params, root=Path(args.root),
-                                                                      track=not args.no_track),
-                            failed=(SeedsFailed,), bad=bad)
+        return run_stage(plan, params, root=Path(args.root), track=not args.no_track)
+
+    code, out = run_guarded(f"{stage} {args.task}", body, failed=(SeedsFailed,), bad=bad_input())
     if code == 0:
         print(json.dumps({k: out["summary"][k] for k in fields}))
     return code

@@ -30,10 +30,16 @@ def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], 
                   *, root: Path) -> dict[str, Any]:
     """Finetune pretraining seed k's checkpoint with seed k (or resume) in `seed_dir`; leaves policy.pt and curve.csv."""
     from odt.loops import finetune  # noqa: PLC0415
+    from odt.divergence import Diverged  # noqa: PLC0415
 
-    run = finetune(paths.pretrained(root, plan.name, seed), cfg, plan.env_fn(root), data=paths.dataset(root, plan.name),
-                   seed=seed, offline=plan.pretrain, device=params.device, logger=logger,
-                   checkpoint=seed_dir / "state.pt", progress=False)
+    try:
+        run = finetune(paths.pretrained(root, plan.name, seed), cfg, plan.env_fn(root),
+                       data=paths.dataset(root, plan.name), seed=seed, offline=plan.pretrain, device=params.device,
+                       logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
+    except Diverged as err:  # named as params.yaml spells the setting (or where a tuned value came from)
+        source = hparams["source"]
+        key = f"tasks.{plan.name}.finetune.learning_rate" if source == "params" else f"the learning rate in {source}"
+        raise err.named(f"finetune {plan.name} seed {seed}", key)
     run.trainer.save_policy(seed_dir / "policy.pt", cfg)
     run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
@@ -60,6 +66,7 @@ def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track:
     from odt.envs import check_dims, vector_env  # noqa: PLC0415
 
     root = Path(root).resolve()
+    paths.existing_dataset(root, plan.name)  # each seed reloads the offline data: missing or altered, one line now
     checkpoints = check_pretrained(root, plan.name, params.seeds)
     envs = vector_env(plan.env_fn(root), 1)  # a dims mismatch: one line, before any seed
     check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)

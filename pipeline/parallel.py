@@ -33,8 +33,9 @@ def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: in
 def init_worker() -> None:
     """A loky worker's initializer.
 
-    Ctrl-C in the terminal reaches the whole process group: the worker ignores it, and the
-    stage stops its workers itself. A thread ends the worker within a second of the stage's
+    Ctrl-C in the terminal (and a scheduler's SIGTERM) reaches the whole process group: the
+    worker ignores both, and the stage stops its workers itself (pipeline/interrupts.py: a
+    worker started by `python -m pipeline.<stage>` has them blocked from its first instruction). A thread ends the worker within a second of the stage's
     death (its parent: a killed stage's workers, busy or idle, would otherwise live on;
     pipeline/heartbeat.py covers the workers of a cluster). tqdm's lock is a thread lock,
     not its default multiprocessing one, whose named semaphore a killed worker would leak.
@@ -45,6 +46,7 @@ def init_worker() -> None:
     from tqdm import std  # noqa: PLC0415
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     std.tqdm.set_lock(threading.RLock())
     parent = os.getppid()
 

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.config import (ConfigError, FinetuneConfig, IQLConfig, ModelConfig, NonNegInt, PosInt, PretrainConfig, SACConfig,
-                        format_validation_error, task_model, validate)
+from odt.config import (ConfigError, EvalConfig, FinetuneConfig, IQLConfig, ModelConfig, NonNegInt, PosInt, PretrainConfig,
+                        SACConfig, format_validation_error, task_model, validate)
 from pipeline import paths
 from pipeline.tuning import TUNABLE, TuneParams, read_tuned, tuned_path
 
@@ -90,8 +90,15 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
+        from odt.tasks import get_task  # noqa: PLC0415
+
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
+        for name in self.tasks:  # a misspelt task first: what it breaks (a baseline listing the right name) comes after
+            try:
+                get_task(name)
+            except KeyError as err:  # UnknownTaskError: names close matches
+                raise ValueError(f"tasks.{name}: {err}") from None
         for where, names in [("tune.tasks", self.tune.tasks), *((f"baselines.{b}", t) for b, t in self.baselines.items())]:
             unknown = [t for t in names if t not in self.tasks]
             if unknown:
@@ -133,19 +140,20 @@ class TaskPlan:
 
 
 def plan_task(params: Params, name: str) -> TaskPlan:
-    """Build ModelConfig and both phase configs of one task; one-line ConfigError on a bad value."""
-    from odt.tasks import get_task  # noqa: PLC0415 (UnknownTaskError lists close matches)
-
+    """Build ModelConfig and both phase configs of one task, then check them against each other; one-line
+    ConfigError on a bad value or on settings that cannot mean what they say together."""
     if name not in params.tasks:
         raise ConfigError(f"task '{name}' is not in params.yaml (tasks: {', '.join(params.tasks)})")
-    block = params.tasks[name]
-    where = f"params.yaml tasks.{name}"
-    try:
-        get_task(name)
-    except KeyError as err:  # UnknownTaskError
-        raise ConfigError(f"params.yaml: tasks.{name}: {err}") from None
+    block = params.tasks[name]  # its name is a known task: Params checked every key under tasks
+    where, prefix = f"params.yaml tasks.{name}", f"tasks.{name}"
     model = task_model(name, block.model, f"{where}.model")
     phases = {phase: validate(cls, getattr(block, phase), f"{where}.{phase}") for phase, cls in PHASES.items()}
+    check_lengths(name, model, f"{prefix}.model", {f"{prefix}.{phase}": cfg for phase, cfg in phases.items()})
+    finetune = phases["finetune"]
+    at_most(f"{prefix}.finetune.rollouts_per_round", finetune.rollouts_per_round,
+            f"{prefix}.finetune.buffer_size", finetune.buffer_size,
+            f"raise buffer_size or lower rollouts_per_round (the buffer keeps the newest {finetune.buffer_size} "
+            "trajectories: a round's other rollouts would never be trained on)")
     for phase in PHASES:
         expected = tuned_path(name, phase) if params.use_tuned else UNTUNED
         if block.tuned.get(phase) != expected:
@@ -161,12 +169,40 @@ def plan_task(params: Params, name: str) -> TaskPlan:
             raise ConfigError(f"{where}.dt: unknown key '{sorted(extra)[0]}' (dt has model and train)")
         baselines["dt_model"] = task_model(name, {**block.dt.get("model", {}), "stochastic": False}, f"{where}.dt.model")
         baselines["dt"] = validate(PretrainConfig, block.dt.get("train", {}), f"{where}.dt.train")
+        check_lengths(name, baselines["dt_model"], f"{prefix}.dt.model", {f"{prefix}.dt.train": baselines["dt"]})
     online = {"online_samples": phases["finetune"].online_samples, "eval_episodes": phases["finetune"].eval_episodes}
     for key, cls in (("iql", IQLConfig), ("sac", SACConfig)):
         if getattr(block, key) is not None:  # the same online budget and evaluation episodes as ODT's, unless set
             baselines[key] = validate(cls, {**online, **getattr(block, key)}, f"{where}.{key}")
     return TaskPlan(name=name, fetch=block.fetch, model=model, tuned=dict(block.tuned), env_version=params.env_version,
                     **phases, **baselines)
+
+
+def at_most(key: str, value: float, limit_key: str, limit: float, fix: str) -> None:
+    """One ConfigError line when `key` is larger than `limit_key` (both as params.yaml spells them), and how to fix it."""
+    if value > limit:
+        raise ConfigError(f"params.yaml: {key} ({value}) is larger than {limit_key} ({limit}); {fix}")
+
+
+def check_lengths(task: str, model: ModelConfig, model_key: str, evaluations: dict[str, EvalConfig]) -> None:
+    """The lengths of a model and of the evaluations run with it, each valid alone, against each other.
+
+    A training segment (context_len) cannot be longer than the episodes the model is built for (max_ep_len, which
+    also stops every rollout); max_ep_len cannot stop the task's episodes early; and an evaluation cannot give the
+    model a longer context (eval_context_len) than it was trained on.
+    """
+    from odt.tasks import get_task  # noqa: PLC0415
+
+    episode_len = get_task(task).max_episode_steps
+    at_most(f"{model_key}.context_len", model.context_len, f"{model_key}.max_ep_len", model.max_ep_len,
+            f"lower context_len or raise max_ep_len ({task}'s episodes last up to {episode_len} steps)")
+    if model.max_ep_len < episode_len:
+        raise ConfigError(f"params.yaml: {model_key}.max_ep_len ({model.max_ep_len}) is shorter than {task}'s episodes "
+                          f"({episode_len} steps), so every evaluation and exploration episode would stop at step "
+                          f"{model.max_ep_len}; set max_ep_len to at least {episode_len}")
+    for key, cfg in evaluations.items():
+        at_most(f"{key}.eval_context_len", cfg.eval_context_len, f"{model_key}.context_len", model.context_len,
+                "lower eval_context_len or raise context_len (the model is never trained on a longer context)")
 
 
 def phase_config(plan: TaskPlan, params: Params, phase: str, overrides: dict[str, Any] | None = None, *,

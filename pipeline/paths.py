@@ -12,10 +12,30 @@ def dataset(root: Path, task: str) -> Path:
 
 
 def existing_dataset(root: Path, task: str) -> Path:
-    """dataset(), or FileNotFoundError (bad input: exit 2) naming the stage that writes it."""
+    """dataset(), checked: missing is FileNotFoundError naming the stage that writes it; different from the sha256
+    its fetch recorded in dataset_meta() is DatasetError (both bad input: exit 2).
+
+    A stage calls it once, before any seed or MLflow run. The hash is pipeline.caching's (kept per size and
+    mtime in the process), which the stage's result key needs anyway. A file with no .json beside it, or
+    a .json without `sha256`, was not put there by the fetch stage: there is nothing to check it against.
+    """
     path = dataset(root, task)
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist; run `dvc repro fetch@{task}` first")
+    meta = dataset_meta(root, task)
+    if meta.is_file():
+        import json  # noqa: PLC0415
+
+        from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
+        from pipeline.caching import file_sha  # noqa: PLC0415
+
+        restore = f"restore it with `dvc checkout fetch@{task}` or `dvc repro -f fetch@{task}`"
+        try:
+            recorded = json.loads(meta.read_text()).get("sha256")
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            raise DatasetError(f"{meta} is not the JSON its fetch wrote; {restore}") from None
+        if recorded is not None and recorded != file_sha(path):
+            raise DatasetError(f"{path} does not match the sha256 its fetch recorded in {meta}; {restore}")
     return path
 
 

@@ -23,15 +23,21 @@ FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in r
 
 
 def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, Any], seed: int, seed_dir: Path, logger,
-                  *, root: Path) -> dict[str, Any]:
+                  *, root: Path, name: str) -> dict[str, Any]:
     """Pretrain `model` with `cfg` and `seed` (or resume) in `seed_dir`; leaves checkpoint.pt and curve.csv there.
 
     The result: the final evaluation (the offline score) and the best one on the way (odt.loops.Run.scores).
     """
     from odt.loops import pretrain  # noqa: PLC0415
+    from odt.divergence import Diverged  # noqa: PLC0415
 
-    run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed,
-                   device=params.device, logger=logger, checkpoint=seed_dir / "checkpoint.pt", progress=False)
+    try:
+        run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed,
+                       device=params.device, logger=logger, checkpoint=seed_dir / "checkpoint.pt", progress=False)
+    except Diverged as err:  # named as params.yaml spells the setting (or where a tuned value came from)
+        source = extra["hparams"]["source"]
+        key = f"tasks.{plan.name}.{'dt.train' if name == 'dt' else 'pretrain'}.learning_rate"
+        raise err.named(f"{name} {plan.name} seed {seed}", key if source == "params" else f"the learning rate in {source}")
     run.write_curve(seed_dir / "curve.csv")
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.num_updates, **extra}
 
@@ -40,7 +46,7 @@ def run_seeds(name: str, plan: TaskPlan, params: Params, model, cfg, *, root: Pa
               **parallel) -> dict[str, Any]:
     """Every seed of a pretraining-shaped stage (ODT's pretraining, or the DT baseline) and its summary."""
     key = caching.pretrain_key(name, plan, params, model, cfg, paths.existing_dataset(root, plan.name))
-    job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root)
+    job = functools.partial(pretrain_seed, plan, params, model, cfg, {"hparams": hparams}, root=root, name=name)
     return seeds.stage(name, plan, params, root=root, key=key, job=job, files=FILES, step=cfg.pretrain_updates,
                        track=track, tags={"hparams_source": hparams["source"]}, **parallel,
                        extra=lambda results: {"best_mean": sum(r["best_normalized"] for r in results) / len(results),

@@ -21,7 +21,8 @@ from pydantic import Field, ValidationError
 from odt.atomic import write_text
 from odt.comparison import baseline_tasks
 from odt.config import ConfigError, format_validation_error
-from pipeline.cli import Parser, environment_error, fail
+from odt.tasks import get_task
+from pipeline.cli import Parser, fail, run_guarded
 from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
                              plan_task, read_yaml)
 from pipeline.tuning import TuneParams, tuned_path
@@ -67,6 +68,11 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
         prof = Profile(**raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, where)) from None
+    for task in prof.tasks:  # a misspelt task first, before what it breaks
+        try:
+            get_task(task)
+        except KeyError as err:  # UnknownTaskError: names close matches
+            raise ConfigError(f"{where}: tasks: {err}") from None
     unknown = set(prof.overrides) - set(prof.tasks)
     if unknown:
         raise ConfigError(f"{where}: overrides for '{sorted(unknown)[0]}', which is not in tasks")
@@ -123,15 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"name a profile (choose from: {', '.join(profiles(root))})")
         print("\n".join(profiles(root)))
         return 0
-    try:
-        text = render(args.name, root=root, use_tuned=args.use_tuned)
-    except ConfigError as err:
-        return fail(str(err))
     out = Path(args.out) if args.out else root / "params.yaml"
-    try:
-        write_text(out, text)
-    except OSError as err:  # a read-only checkout: one line, params.yaml as it was
-        return fail(environment_error(err), code=1)
+    # a bad profile is one line (exit 2), a read-only checkout too (exit 1), params.yaml left as it was
+    code, _ = run_guarded(f"profile {args.name}", lambda: write_text(out, render(args.name, root=root,
+                                                                                use_tuned=args.use_tuned)),
+                          bad=(ConfigError,))
+    if code:
+        return code
     print(f"wrote {out} (profile {args.name}); run `dvc repro`")
     return 0
 

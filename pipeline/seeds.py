@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -58,9 +56,12 @@ def _seed(job: Job, name: str, seed: int, seed_dir: Path, threads: int, tracking
                 Tracker(root, tracking[0]).finish(tracking[1], "FAILED")
             except Exception:  # the store itself may be the problem; the stage reports the seed anyway
                 pass
-        environment = isinstance(err, OSError)  # a full disk or a read-only directory: the message says it all
-        return {**info, "ok": False, "error": f"{type(err).__name__}: {' '.join(str(err).split())}",  # one line
-                "traceback": None if environment else traceback.format_exc()}
+        from odt.divergence import Diverged  # noqa: PLC0415
+
+        said = isinstance(err, (OSError, Diverged))  # a full disk, a read-only dir, NaN: the message says it all
+        error = " ".join(str(err).split())  # one line
+        return {**info, "ok": False, "error": error if said else f"{type(err).__name__}: {error}",
+                "traceback": None if said else traceback.format_exc()}
     finally:
         if stop is not None:
             stop.set()
@@ -84,8 +85,6 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], fi
 
 def _stopped(tracker, runs: list[str], interrupted: bool) -> None:
     """The stage stops before its seeds finished: its runs that did not finish are marked so."""
-    if interrupted and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
     if tracker is None:
         return
     for run_id in runs:

@@ -4,12 +4,21 @@ Runs are found again by the tag `odt.run_key` (stage, task, fingerprint, seed), 
 stage killed and rerun continues its run instead of opening a duplicate (found, or else
 created, under a file lock in the repository, so two processes never both create it), and metric rows
 already in the store are not logged twice (a row is new when its step is past the last
-logged step). Metrics go in batches through MlflowClient.log_batch.
+logged step; a summary value is new when its key has no value at that step). Metrics go in
+batches through MlflowClient.log_batch.
+
+A run belongs to the checkout that made it (the tag `odt.checkout`, host and path): two
+clones sharing one store (MLFLOW_TRACKING_URI) with the same settings each write their own
+runs, never one run from two processes, and the second says so. Artifacts live beside a
+sqlite store (`<store's folder>/mlartifacts/`, the repository's for the default store), so
+they go where every run sharing that store says. A store that cannot be read is one line
+(StoreError) when it is opened.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +28,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 RUN_KEY = "odt.run_key"
+CHECKOUT = "odt.checkout"
 SENTINEL = "wall_time"  # every metric row carries it: its history tells how far a run got
 T = TypeVar("T")
 
@@ -64,6 +74,15 @@ def _retry(fn: Callable[..., T], *args, **kwargs) -> T:
     raise AssertionError("unreachable")
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be read; one line naming it and what to do."""
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    return Path(path) if path and path != ":memory:" else None
+
+
 class Tracker:
     """Experiments and runs in the store at `uri` (default: sqlite mlflow.db in the repo root)."""
 
@@ -73,19 +92,29 @@ class Tracker:
         self.root = Path(root).resolve()
         self.uri = uri or tracking_uri(self.root)
         self.local = not self.uri.startswith(("http://", "https://", "databricks"))
-        db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        self.checkout = f"{socket.gethostname()}:{self.root}"
+        self.shared_with: str | None = None  # another checkout's runs of the same settings, when found
+        db = _sqlite_path(self.uri)
         # opening a store creates its tables: two processes doing it at once on a new sqlite
         # file race ("duplicate column name"); the lock beside the file serialises them
         with self.lock() if db is not None and db.parent.is_dir() else contextlib.nullcontext():
-            self.client = MlflowClient(self.uri)
+            try:
+                self.client = MlflowClient(self.uri)
+                _retry(self.client.search_experiments, max_results=1)  # opened here: a broken store fails once
+            except Exception as err:
+                cause = " ".join(str(err).split("\n")[0].split())
+                fix = (f"move it aside (mv {db} {db}.broken) to start a new one" if db is not None
+                       else "check that the server is up and the URI right")
+                raise StoreError(f"the MLflow store {self.uri} cannot be read ({cause}); {fix}, or point "
+                                 "MLFLOW_TRACKING_URI at another store") from None
 
     def lock(self):
         """Find-then-create under one lock, beside a sqlite store (else in the repository): two processes with one
         run key make one run. The lock file is removed when released."""
         from odt.lock import file_lock  # noqa: PLC0415
 
-        db = self.uri[len("sqlite:///"):] if self.uri.startswith("sqlite:///") else None
-        return file_lock(Path(db + ".lock") if db and db != ":memory:" else self.root / ".mlflow-runs.lock")
+        db = _sqlite_path(self.uri)
+        return file_lock(db.with_name(db.name + ".lock") if db else self.root / ".mlflow-runs.lock")
 
     def experiment(self, name: str) -> str:
         with self.lock():
@@ -94,16 +123,24 @@ class Tracker:
                 if exp.lifecycle_stage == "deleted":
                     _retry(self.client.restore_experiment, exp.experiment_id)
                 return exp.experiment_id
-            location = (self.root / "mlartifacts" / name.replace("/", "_")).as_uri() if self.local else None
+            db = _sqlite_path(self.uri)
+            base = db.parent if db is not None else self.root  # beside the store: where every checkout sharing it looks
+            location = (base / "mlartifacts" / name.replace("/", "_")).as_uri() if self.local else None
             try:
                 return _retry(self.client.create_experiment, name, artifact_location=location)
             except Exception:  # created meanwhile by a process that does not share this lock (another machine)
                 return _retry(self.client.get_experiment_by_name, name).experiment_id
 
     def find(self, experiment_id: str, key: str):
+        """This checkout's run with this key (a run older than the checkout tag counts as this checkout's)."""
         runs = _retry(self.client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{key}'",
-                      max_results=1, order_by=["attributes.start_time ASC"])
-        return runs[0] if runs else None
+                      max_results=100, order_by=["attributes.start_time ASC"])
+        mine = [r for r in runs if r.data.tags.get(CHECKOUT, self.checkout) == self.checkout]
+        if runs and not mine and self.shared_with is None:
+            self.shared_with = runs[0].data.tags[CHECKOUT]
+            print(f"MLflow: {self.uri} holds runs of these settings from another checkout ({self.shared_with}); "
+                  "this checkout writes its own", flush=True)
+        return mine[0] if mine else None
 
     def run(self, experiment_id: str, key: str, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
         """The run with this key: found (and marked running again unless finished) or created."""
@@ -111,7 +148,7 @@ class Tracker:
         with self.lock():
             found = self.find(experiment_id, key)
             if found is None:
-                all_tags = {RUN_KEY: key, "mlflow.runName": name, **tags}
+                all_tags = {RUN_KEY: key, CHECKOUT: self.checkout, "mlflow.runName": name, **tags}
                 if parent:
                     all_tags["mlflow.parentRunId"] = parent
                 run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
@@ -134,7 +171,12 @@ class Tracker:
             _retry(self.client.log_batch, run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        RunLogger(self.uri, run_id).log_summary(metrics, step)
+        """Values at `step`, each once: a key the run holds at that step already (a row of its loop, or a
+        publish cut short and redone) is not logged again."""
+        held = _retry(self.client.get_run, run_id).data.metrics
+        new = {k: v for k, v in metrics.items()
+               if k not in held or all(m.step != step for m in _retry(self.client.get_metric_history, run_id, k))}
+        RunLogger(self.uri, run_id).log_summary(new, step)
 
     def open(self, experiment_id: str, key: str, name: str, tags: dict[str, Any], params: dict[str, Any],
              parent: str | None = None) -> tuple[str, bool]:

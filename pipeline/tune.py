@@ -65,6 +65,8 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna  # noqa: PLC0415
 
+        from odt.divergence import Diverged  # noqa: PLC0415
+
         hp = {k: trial.suggest_float(k, v["low"], v["high"], log=True) for k, v in self.space.items()}
         trial.set_user_attr(study.WORKER_ATTR, study.worker_id())
         logger = TrialLogger(trial, self.phase, self.tracking.start_trial(trial.number, hp) if self.tracking else None)
@@ -77,6 +79,9 @@ class Objective:
         except optuna.TrialPruned:
             state = "PRUNED"
             raise
+        except Diverged as err:  # a learning rate too high for the task: this trial fails, the study goes on
+            print(f"tune {self.plan.name} {self.phase}: trial {trial.number}: {err}", flush=True)
+            return float("nan")  # Optuna records the trial as failed
         finally:
             if self.tracking is not None:
                 self.tracking.end_trial(logger.run, state, value, logger.reported)
@@ -114,8 +119,7 @@ def run_stage(plan: TaskPlan, params: Params, phase: str, *, root: Path = paths.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, journal, plots
     tune = params.tune
     budget, eval_every = trial_budget(plan, tune, phase)
-    if phase == "pretrain":
-        paths.existing_dataset(root, plan.name)
+    paths.existing_dataset(root, plan.name)  # both phases train on it: missing or altered, one line before any trial
     if phase == "finetune":  # missing or damaged: one line before any trial
         check_pretrained(root, plan.name, 1)
     name = study_name or f"{plan.name}-{phase}"

@@ -70,6 +70,27 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     return root
 
 
+@pytest.fixture
+def fetched(tmp_path, hopper_random_hdf5) -> Path:
+    """A root with the tiny profile cut to one task and one seed, its dataset written by the fetch stage's code
+    (so its .json records the file's sha256)."""
+    import yaml
+
+    from helpers import FT_TASK as TASK
+    from odt.datasets.fetch import fetch as fetch_task
+    from pipeline.profile import render
+
+    root = tmp_path / "repo"
+    raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
+    raw["seeds"], raw["parallel"]["n_jobs"] = 1, 1
+    raw["tasks"] = {TASK: raw["tasks"][TASK]}
+    raw["baselines"] = {"dt": [TASK], "iql": [TASK]}
+    (root / "data").mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    fetch_task(TASK, "file", root / "data" / TASK, path=hopper_random_hdf5, progress=False)
+    return root.resolve()
+
+
 @pytest.fixture(scope="session")
 def baseline(pretrained, tmp_path_factory) -> dict:
     """The finetune stage run once, uninterrupted, on the default backend (loky): what every fault must reproduce."""

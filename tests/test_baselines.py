@@ -1,6 +1,8 @@
 """Table 5.1's baselines: IQL's losses and value fit, offline IQL learning a task, DT's regression, SAC's loop."""
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from odt.baselines.sac import SACConfig, sac
 from odt.checkpoint import load_checkpoint
 from odt.model import DecisionTransformer
 from odt.replay import TrajectoryReplayBuffer
+from odt.divergence import Diverged
 from odt.trainer import ODTTrainer
 
 
@@ -135,3 +138,26 @@ def test_sac_runs_logs_and_resumes_from_its_checkpoint(tmp_path):
     assert logger.rows[0][0] > saved["num_timesteps"]  # continued from the checkpoint, not from the start
     assert all("wall_time" in row for _, row in logger.rows) and logger.rows[-1][1]["online_samples"] == 400
     assert {"actor_loss", "critic_loss", "ent_coef"} <= set(logger.rows[-1][1])
+
+
+def test_a_diverging_iql_or_sac_stops_at_its_update_with_one_line_and_saves_no_nan(tmp_path):
+    env_fn = lambda: gym.make("Hopper-v5")  # noqa: E731
+    rng = np.random.default_rng(0)
+    data = episodes(env_fn(), lambda obs: rng.uniform(-1, 1, 3).astype(np.float32), 6, max_steps=40)
+    cfg = IQLConfig(hidden_dim=16, batch_size=16, offline_updates=20, online_samples=0, log_every=10,
+                    checkpoint_every=10, eval_every=50, eval_episodes=2, learning_rate=1e6)
+    with pytest.raises(Diverged) as err:  # the first value step blows V up: Q's backup is infinite at once
+        iql(data, cfg, env_fn, task="hopper-medium-v2", seed=2, checkpoint=tmp_path / "iql.pt", progress=False)
+    assert str(err.value) == ("iql hopper-medium-v2 seed 2 diverged at update 1: the critic loss is inf; "
+                              "lower iql.learning_rate (1000000.0)")
+    assert not (tmp_path / "iql.pt").exists()
+
+    cfg = SACConfig(hidden_dim=16, batch_size=16, online_samples=300, eval_every=100, eval_episodes=2, log_every=50,
+                    checkpoint_every=20, learning_rate=1e6)
+    with pytest.raises(Diverged) as err:
+        sac(cfg, env_fn, task="hopper-medium-v2", seed=0, checkpoint=tmp_path / "sac.pt", progress=False)
+    assert re.fullmatch(r"sac hopper-medium-v2 seed 0 diverged at update \d+: the (critic loss|actor loss|ent coef loss|"
+                        r"ent coef|weight norm) is (nan|inf); lower sac\.learning_rate \(1000000\.0\)", str(err.value))
+    saved = load_checkpoint(tmp_path / "sac.pt")  # the last checkpoint before: finite, and older than the divergence
+    assert saved["n_updates"] < err.value.step
+    assert all(torch.isfinite(t).all() for t in saved["params"]["policy"].values())

@@ -1,8 +1,9 @@
 """Hostile input, each caught once at the edge: one `error:` line, exit 2, nothing written.
 
-A truncated pretrained checkpoint, a directory given as the dataset file, actions outside
-[-1, 1], YAML syntax errors, model-level validation errors, an unknown top-level key, a bad
-value in another task, a bad flag (fast: importing a stage does not import torch).
+A truncated pretrained checkpoint, a dataset file altered after its fetch (one bit), a
+directory given as the dataset file, actions outside [-1, 1], YAML syntax errors,
+model-level validation errors, an unknown top-level key, a bad value in another task, a
+bad flag (fast: importing a stage does not import torch).
 """
 from __future__ import annotations
 
@@ -54,6 +55,67 @@ def test_a_truncated_pretrained_checkpoint_is_one_line_before_any_seed_or_mlflow
         f"; restore it with `dvc checkout pretrain@{TASK}` or `dvc repro -f pretrain@{TASK}`")
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run: the store was never opened
     assert not (root / ".cache").exists() and tree(root) == before  # no seed started, nothing written
+
+
+def flip_bit(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_dataset_altered_after_its_fetch_stops_the_stage_before_any_seed_or_mlflow_run(fetched, tmp_path):
+    data, meta = paths.dataset(fetched, TASK), paths.dataset_meta(fetched, TASK)
+    assert json.loads(meta.read_text())["sha256"]
+    middle = data.stat().st_size // 2  # in the observations: the file still loads, and was trained on as it was
+    flip_bit(data, middle)
+    load_d4rl_hdf5(data, TASK)
+    before = tree(fetched)
+    cmd = [sys.executable, "-m", "pipeline.pretrain", "--task", TASK, "--root", str(fetched),
+           "--params", str(fetched / "params.yaml")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert one_line(proc.stderr) == (
+        f"error: {data} does not match the sha256 its fetch recorded in {meta}; "
+        f"restore it with `dvc checkout fetch@{TASK}` or `dvc repro -f fetch@{TASK}`")
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run: the store was never opened
+    assert tree(fetched) == before  # no work or run directory: no seed started
+
+    flip_bit(data, middle)  # restored: the stage runs
+    proc = subprocess.run([*cmd, "--no-track"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (paths.run_dir(fetched, TASK, "pretrain") / "seed_0" / "checkpoint.pt").is_file()
+
+
+def test_every_stage_that_reads_the_dataset_checks_it_and_a_dataset_without_a_record_is_taken_as_it_is(
+        fetched, tmp_path, monkeypatch):
+    from odt.datasets.hdf5 import DatasetError
+    from pipeline import dt, finetune, iql, tune
+    from pipeline.params import load_params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params, plans = load_params(fetched / "params.yaml")
+    data, meta = paths.dataset(fetched, TASK), paths.dataset_meta(fetched, TASK)
+    flip_bit(data, 0)  # the HDF5 signature: not even a readable file now
+    before = tree(fetched)
+    stages = [lambda: mod.run_stage(plans[TASK], params, root=fetched) for mod in (pretrain, dt, iql, finetune)]
+    stages.append(lambda: tune.run_stage(plans[TASK], params, "finetune", root=fetched, track=False))
+    for run_stage in stages:
+        with pytest.raises(DatasetError, match="does not match the sha256 its fetch recorded"):
+            run_stage()
+    assert not (tmp_path / "mlflow.db").exists() and tree(fetched) == before
+
+    record = json.loads(meta.read_text())
+    meta.write_text("{not json")
+    with pytest.raises(DatasetError) as err:
+        paths.existing_dataset(fetched, TASK)
+    assert str(err.value) == (f"{meta} is not the JSON its fetch wrote; restore it with `dvc checkout fetch@{TASK}` "
+                              f"or `dvc repro -f fetch@{TASK}`")
+    # no sha256 recorded, or no .json at all (a file put there by hand): nothing to check it against
+    meta.write_text(json.dumps({k: v for k, v in record.items() if k != "sha256"}))
+    assert paths.existing_dataset(fetched, TASK) == data
+    meta.unlink()
+    assert paths.existing_dataset(fetched, TASK) == data
 
 
 def hdf5_copy(src: Path, dst: Path, scale_actions: float = 1.0) -> Path:

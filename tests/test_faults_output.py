@@ -1,5 +1,8 @@
 """An unwritable or full output directory: one line naming the path and the cause, exit 1, outputs unchanged.
 
+Checkpoints too: torch's writer reports a refused write as its own RuntimeError (`[enforce fail at
+inline_container.cc] ... unexpected pos`), which save_checkpoint turns into the same one line.
+
 Permissions are tested as an unprivileged user (root ignores them), in a directory that
 user can read, on the report (a training stage would import MuJoCo's GL probe, which runs
 the interpreter, and this machine's interpreter lives where that user cannot run it); the
@@ -10,6 +13,7 @@ with EFBIG) applies to root too. The old outputs differ from what the run would 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -17,8 +21,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from helpers import FT_TASK as TASK
+from odt import atomic
+from odt.atomic import WriteError
+from odt.checkpoint import load_checkpoint, save_checkpoint
+from pipeline import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -110,3 +120,85 @@ def test_a_full_stage_output_dir_is_one_line_and_the_published_seeds_stay(baseli
     assert "0 of 4 seeds to run" in proc.stdout  # nothing to train: the publish itself failed
     assert tree(task_runs) == before  # neither the seeds nor the summary replaced
     assert not [p for p in task_runs.iterdir() if p.name.startswith(".")]
+
+
+def file_size_limit(n: int):
+    """A preexec_fn: RLIMIT_FSIZE of `n` bytes (`ulimit -f`; Python ignores SIGXFSZ, so writes fail with EFBIG)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+
+
+SAVE = """
+import sys, torch
+from odt.atomic import WriteError
+from odt.checkpoint import save_checkpoint
+try:
+    save_checkpoint(sys.argv[1], {"weights": torch.ones(100_000)})  # 400 kB
+except WriteError as err:
+    print(err)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("target", ["file object", "path"])
+def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_the_previous_one_stays(tmp_path, target):
+    path = tmp_path / "seed_0" / "checkpoint.pt"
+    save_checkpoint(path, {"weights": torch.zeros(10)})
+    code = SAVE
+    if target == "path":  # torch's C++ writer itself: no OSError behind its RuntimeError, the limit says what happened
+        code = code.replace("import sys, torch", "import sys, torch\nsave = torch.save\n"
+                            "torch.save = lambda obj, f: save(obj, f.name)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, preexec_fn=file_size_limit(64 << 10))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines() == [f"cannot write {path}: File too large"] and proc.stderr == ""
+    assert torch.equal(load_checkpoint(path)["weights"], torch.zeros(10))  # the previous checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporaries left
+
+
+def test_a_writer_error_with_no_os_error_behind_it_is_put_down_to_the_limit_the_disk_or_neither(tmp_path, monkeypatch):
+    tmp = tmp_path / ".checkpoint.pt.tmp"
+    tmp.write_bytes(b"x" * 4096)
+    failed = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    target = tmp_path / "checkpoint.pt"
+    assert str(atomic.writer_error(failed, target, tmp)) == (
+        f"cannot write {target}: the writer failed (disk full or file-size limit?)")
+    with monkeypatch.context() as m:
+        m.setattr(atomic.resource, "getrlimit", lambda kind: (4096, 4096))
+        assert str(atomic.writer_error(failed, target, tmp)) == f"cannot write {target}: File too large"
+    with monkeypatch.context() as m:
+        real = os.statvfs
+        m.setattr(atomic.os, "statvfs", lambda p: os.statvfs_result((*real(p)[:3], 0, 0, *real(p)[5:])))
+        assert str(atomic.writer_error(failed, target, tmp)) == f"cannot write {target}: No space left on device"
+    behind = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    behind.__context__ = OSError(28, "No space left on device")
+    err = atomic.writer_error(behind, target, tmp)
+    assert isinstance(err, WriteError) and str(err) == f"cannot write {target}: No space left on device"
+
+    def refuses(obj, f):
+        raise RuntimeError("not a writing problem")
+
+    save_checkpoint(target, {"v": 1})
+    monkeypatch.setattr(torch, "save", refuses)
+    with pytest.raises(RuntimeError, match="not a writing problem"):  # torch's other errors stay what they are
+        save_checkpoint(target, {"v": 2})
+    assert load_checkpoint(target) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == [tmp.name, target.name]
+
+
+def test_a_stage_whose_checkpoint_is_over_the_file_size_limit_is_one_line(fetched, tmp_path):
+    params = yaml.safe_load((fetched / "params.yaml").read_text())
+    params["seeds"] = 2
+    (fetched / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--task", TASK, "--root", str(fetched),
+                           "--params", str(fetched / "params.yaml"), "--no-track"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=file_size_limit(64 << 10))  # a checkpoint is ~150 kB
+    assert proc.returncode == 1
+    work = next(paths.work_root(fetched, TASK).glob("pretrain-*"))
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr  # no traceback: one line for the stage, each seed named in it
+    line = lines[0]
+    assert line.startswith("error: ") and line.endswith(" (0 other seeds finished and are kept for the rerun)"), line
+    for s in range(2):
+        assert f"pretrain {TASK} seed {s} failed: " in line
+        assert f"cannot write {work / f'seed_{s}' / 'checkpoint.pt'}: File too large" in line
+        assert list((work / f"seed_{s}").iterdir()) == []  # no checkpoint, no temporary
+    assert not paths.run_dir(fetched, TASK, "pretrain").exists()

@@ -6,9 +6,11 @@ jobs tick into files (tests/ticking_stage.py), so the test sees when a job last 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,17 +34,34 @@ def start_finetune(root: Path, uri: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def mid_run(proc: subprocess.Popen, root: Path) -> Path:
-    """Wait until one seed has finished and another is mid-way; the work directory."""
+def mid_run(proc: subprocess.Popen, root: Path) -> tuple[Path, list[psutil.Process]]:
+    """Hold the stage at a moment with a finished seed and one not finished: its work directory and its workers,
+    stopped (SIGSTOP) so that the stage cannot finish before the test's signal lands; `resume` them after it."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         for work in (root / ".cache" / "work" / TASK).glob("finetune-*"):
-            done = list(work.glob("seed_*/result.json"))
-            running = [p for p in work.glob("seed_*/state.pt") if not (p.parent / "result.json").exists()]
-            if done and running:
-                return work
+            if list(work.glob("seed_*/result.json")):
+                workers = psutil.Process(proc.pid).children(recursive=True)
+                for w in workers:
+                    w.suspend()
+                if len(list(work.glob("seed_*/result.json"))) < SEEDS:
+                    return work, workers
+                resume(workers)
         time.sleep(0.02)
-    raise AssertionError(f"no moment with a finished and a running seed:\n{proc.communicate()[1]}")
+    raise AssertionError(f"no moment with a finished and an unfinished seed:\n{proc.communicate()[1]}")
+
+
+def resume(workers: list[psutil.Process]) -> None:
+    for w in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            w.resume()
+
+
+def duplicate_steps(uri: str) -> list[tuple]:
+    """(run name, metric, step) logged more than once in a sqlite store."""
+    with contextlib.closing(sqlite3.connect(uri[len("sqlite:///"):])) as db:
+        return db.execute("SELECT r.name, m.key, m.step FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+                          "GROUP BY m.run_uuid, m.key, m.step HAVING COUNT(*) > 1").fetchall()
 
 
 def snapshot(work: Path) -> dict[str, tuple[int, int]]:
@@ -58,20 +77,25 @@ def gone(procs: list[psutil.Process], within: float) -> bool:
     return False
 
 
-def assert_resumes_to_the_uninterrupted_run(root: Path, uri: str, baseline: dict, work: Path) -> None:
+def assert_resumes_to_the_uninterrupted_run(root: Path, uri: str, baseline: dict, work: Path | None,
+                                           resumed: bool = True) -> None:
+    """The rerun gives the uninterrupted numbers, continuing what was done (`resumed`: some seed had finished)."""
     rerun = subprocess.run([sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root),
                             "--params", str(root / "params.yaml")], cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"of {SEEDS} seeds to run" in rerun.stdout and f"{SEEDS} of {SEEDS} seeds" not in rerun.stdout
+    assert f"of {SEEDS} seeds to run" in rerun.stdout and (f"{SEEDS} of {SEEDS} seeds" not in rerun.stdout or not resumed)
     assert finetune_results(root) == baseline["results"]  # bit for bit
-    assert not list(work.rglob(".*.tmp-*")) and not (work / "heartbeat.json").exists() and not (work / "stage.lock").exists()
+    for work in [work] if work else (root / ".cache" / "work" / TASK).glob("finetune-*"):
+        assert not list(work.rglob(".*.tmp-*")) and not (work / "heartbeat.json").exists()
+        assert not (work / "stage.lock").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
     assert sorted(r.data.tags.get("seed", "parent") for r in runs) == [*map(str, range(SEEDS)), "parent"]  # no duplicate
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert duplicate_steps(uri) == []  # each (run, metric, step) once, across the interruption and the resume
 
 
 @pytest.mark.slow
@@ -79,10 +103,10 @@ def test_sigkill_of_the_stage_alone_leaves_no_worker_and_the_rerun_gives_the_uni
                                                                                                     tmp_path):
     root, uri = stage_inputs(tmp_path / "repo", pretrained), f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = start_finetune(root, uri)
-    work = mid_run(proc, root)
-    workers = psutil.Process(proc.pid).children(recursive=True)
+    work, workers = mid_run(proc, root)
     assert len([w for w in workers if "loky" in " ".join(w.cmdline())]) >= 2
     os.kill(proc.pid, signal.SIGKILL)  # the stage only, not its process group: its workers are orphaned
+    resume(workers)
     proc.communicate()
     assert gone(workers, within=5), [w.cmdline() for w in workers if w.is_running()]
     before = snapshot(work)
@@ -93,15 +117,18 @@ def test_sigkill_of_the_stage_alone_leaves_no_worker_and_the_rerun_gives_the_uni
 
 
 @pytest.mark.slow
-def test_ctrl_c_is_one_line_exit_130_no_worker_left_and_the_rerun_resumes(pretrained, baseline, tmp_path):
+@pytest.mark.parametrize("signum, code, how", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_or_sigterm_is_one_line_no_worker_left_and_the_rerun_resumes(pretrained, baseline, tmp_path, signum,
+                                                                             code, how):
     root, uri = stage_inputs(tmp_path / "repo", pretrained), f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = start_finetune(root, uri)
-    work = mid_run(proc, root)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the stage and its workers at once
+    work, workers = mid_run(proc, root)
+    os.killpg(proc.pid, signum)  # as a terminal (SIGINT) or a scheduler (SIGTERM) does: the stage and its workers at once
+    resume(workers)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert err.splitlines() == [f"error: finetune {TASK} interrupted; rerun to resume"]  # no traceback, no leak warning
+    assert proc.returncode == code
+    assert err.splitlines() == [f"error: finetune {TASK} {how}; rerun to resume"]  # no traceback, no leak warning
     assert gone(workers, within=5)
     assert not paths.run_dir(root, TASK, "finetune").exists() and not (root / "runs" / TASK / "finetune.json").exists()
     from mlflow.tracking import MlflowClient
@@ -114,6 +141,37 @@ def test_ctrl_c_is_one_line_exit_130_no_worker_left_and_the_rerun_resumes(pretra
         assert r.info.status in (("FINISHED", "KILLED") if seed is not None and int(seed) in done else ("KILLED",)), \
             (seed, r.info.status)
     assert_resumes_to_the_uninterrupted_run(root, uri, baseline, work)
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_moment_of_a_stage_ends_it_cleanly_and_the_rerun_resumes(pretrained, baseline, tmp_path):
+    """SIGINT and SIGTERM at moments spread over a stage's life (imports, store and workers starting, seeds running
+    and publishing, the stage's own publishing): one line and 128 + the signal, or, once the outputs are out, the
+    end it would have had; no worker left, no run left RUNNING, and the rerun gives the uninterrupted numbers."""
+    moments = [0.15, 0.5, 1.2, 2.5, 4.5]
+    for i, delay in enumerate(moments):
+        signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        root, uri = stage_inputs(tmp_path / f"repo{i}", pretrained), f"sqlite:///{tmp_path / f'mlflow{i}.db'}"
+        proc = start_finetune(root, uri)
+        time.sleep(delay)
+        workers = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signum)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:  # the stage had published: it ends as it would have
+            assert err == "" and json.loads(out.splitlines()[-1])["seeds"] == SEEDS, (delay, err)
+        else:
+            how = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+            assert (proc.returncode, err.splitlines()) == (128 + signum, [f"error: finetune {TASK} {how}; rerun to resume"]), \
+                (delay, err)
+        assert gone(workers, within=5), delay
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
+        assert not [r for r in runs if r.info.status == "RUNNING"], delay
+        assert_resumes_to_the_uninterrupted_run(root, uri, baseline, None, resumed=False)
 
 
 def ticking_stage(root: Path, backend: str, address: str | None = None, ticks: int = 600,
@@ -200,3 +258,33 @@ def test_a_second_live_run_of_a_stage_is_refused_with_one_line(tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate()
+
+
+@pytest.mark.slow
+def test_two_checkouts_sharing_one_store_write_their_own_runs_and_artifacts_beside_the_store(pretrained, baseline,
+                                                                                             tmp_path):
+    store = tmp_path / "shared"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    roots = [stage_inputs(tmp_path / name, pretrained) for name in ("clone-a", "clone-b")]
+    procs = [start_finetune(root, uri) for root in roots]  # the same experiment, the same settings, at once
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert all(finetune_results(root) == baseline["results"] for root in roots)
+    said = [out for out, _ in outs if "holds runs of these settings from another checkout" in out]
+    assert len(said) == 1  # the second to open its runs says that it writes its own
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
+    for root in roots:  # each checkout: one parent and a run per seed, all finished, none written by the other
+        mine = [r for r in runs if r.data.tags["odt.checkout"].endswith(f":{root.resolve()}")]
+        assert sorted(r.data.tags.get("seed", "parent") for r in mine) == [*map(str, range(SEEDS)), "parent"]
+        assert all(r.info.status == "FINISHED" for r in mine)
+    assert len(runs) == 2 * (SEEDS + 1) and duplicate_steps(uri) == []
+    for r in runs:  # artifacts where each run says, beside the shared store, not in either checkout
+        where = Path(r.info.artifact_uri.removeprefix("file://"))
+        assert where.is_relative_to(store / "mlartifacts"), where
+        names = {p.name for p in where.rglob("*")}
+        assert ({"result.json", "curve.csv", "curve.png"} <= names) if "seed" in r.data.tags else ("finetune.json" in names)
+    assert not any((root / "mlartifacts").exists() for root in roots)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from helpers import episodes
 from odt import FinetuneConfig, MemoryLogger, ModelConfig, ODTTrainer, PretrainConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
 from odt.envs import EnvMismatchError, vector_env
+from odt.replay import TrajectoryReplayBuffer
+from odt.divergence import Diverged
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(state_dim=11, act_dim=3, context_len=5, embed_dim=32, n_layer=1, n_head=2, dropout=0.0,
@@ -181,3 +184,71 @@ def test_killed_and_rerun_through_the_library_alone_gives_the_same_numbers(tmp_p
         assert all(logged[s] == r for s, r in resumed["rows"][phase])
     assert resumed["rows"]["finetune"][-1] == ref["rows"]["finetune"][-1]
     assert len(resumed["rows"]["pretrain"] + resumed["rows"]["finetune"]) < len(ref["rows"]["pretrain"] + ref["rows"]["finetune"])
+
+
+def non_finite(state) -> list[str]:
+    """Keys of every float tensor in a checkpoint (nested) holding a NaN or an infinity."""
+    if torch.is_tensor(state):
+        return [""] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [f"{k}/{sub}".rstrip("/") for k, v in items for sub in non_finite(v)]
+
+
+@pytest.mark.parametrize("each_update", [True, False], ids=["cpu", "cuda-block"])
+def test_a_diverging_pretraining_stops_at_its_update_and_no_checkpoint_holds_a_nan(tmp_path, monkeypatch, each_update):
+    block = 1 if each_update else 2  # log (and checkpoint) every `block` updates
+    if not each_update:  # the CUDA path's check, once after each block (the weights are NaN by then), run on the CPU
+        init = ODTTrainer.__init__
+
+        def block_checked(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.check_each_update = False
+
+        monkeypatch.setattr(ODTTrainer, "__init__", block_checked)
+    cfg = PRETRAIN.model_copy(update={"learning_rate": 1e3, "log_every": block, "checkpoint_every": block})
+    logger = MemoryLogger()
+    with pytest.raises(Diverged) as err:
+        pretrain(hopper_dataset(), MODEL, cfg, hopper, task="hopper-medium-v2", seed=3, device="cpu", logger=logger,
+                 checkpoint=tmp_path / "pre.pt", progress=False)
+    step = err.value.step
+    assert re.fullmatch(rf"pretrain hopper-medium-v2 seed 3 diverged at update {step}: the (loss|gradient norm) is "
+                        r"(nan|inf) \((loss|grad norm) \S+\); lower pretrain\.learning_rate \(1000\.0\)", str(err.value))
+    assert 1 < step < cfg.pretrain_updates
+    good = (step - 1) // block * block  # the updates of the blocks before the diverged one
+    assert [s for s, _ in logger.rows] == list(range(block, good + 1, block))  # nothing of the diverged block is logged
+    state = load_checkpoint(tmp_path / "pre.pt")
+    assert state["trainer"]["num_updates"] == good and non_finite(state) == []
+    with pytest.raises(Diverged) as again:  # resumed from there, it diverges at the same update and writes nothing
+        pretrain(hopper_dataset(), MODEL, cfg, hopper, task="hopper-medium-v2", seed=3, device="cpu",
+                 checkpoint=tmp_path / "pre.pt", progress=False)
+    assert str(again.value) == str(err.value)
+    assert load_checkpoint(tmp_path / "pre.pt")["trainer"]["num_updates"] == good
+
+
+def test_a_diverging_finetuning_names_the_task_of_its_checkpoint_and_keeps_its_last_good_one(tmp_path):
+    from odt.datasets.hdf5 import write_d4rl_hdf5
+
+    data = write_d4rl_hdf5(tmp_path / "hopper.hdf5", hopper_dataset())
+    pretrain(data, MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", checkpoint=tmp_path / "pre.pt",
+             progress=False)
+    cfg = FINETUNE.model_copy(update={"learning_rate": 1e3, "checkpoint_every_rounds": 1})
+    with pytest.raises(Diverged) as err:
+        finetune(tmp_path / "pre.pt", cfg, hopper, data=data, seed=1, device="cpu", checkpoint=tmp_path / "ft.pt",
+                 progress=False)
+    step = err.value.step
+    assert str(err.value).startswith(f"finetune hopper-medium-v2 seed 1 diverged at update {step}: the ")
+    assert str(err.value).endswith("; lower finetune.learning_rate (1000.0)")
+    state = load_checkpoint(tmp_path / "ft.pt")
+    assert PRETRAIN.pretrain_updates <= state["trainer"]["num_updates"] < step and non_finite(state) == []
+
+
+def test_a_nan_evaluation_is_never_a_score():
+    trainer = ODTTrainer(MODEL, PRETRAIN, TrajectoryReplayBuffer(10, hopper_dataset()), seed=2, device="cpu",
+                         task="hopper-medium-v2")
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(Diverged) as err:
+        trainer.evaluate(vector_env(hopper, 2), PRETRAIN, index=0)
+    assert str(err.value) == ("hopper-medium-v2 seed 2 diverged at update 0: the evaluation's eval_return is nan; "
+                              "lower the learning rate (0.003)")

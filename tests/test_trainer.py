@@ -1,3 +1,6 @@
+import pickle
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import ConfigError, FinetuneConfig, OptimConfig, PretrainConfig, validate
 from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
+from odt.divergence import Diverged
 from odt.trainer import ODTTrainer
 
 TINY = dict(embed_dim=32, n_layer=1, n_head=2, dropout=0.0, context_len=5, max_ep_len=1000)
@@ -196,3 +200,39 @@ def test_health_diagnostics_have_the_right_shape_and_range():
     assert "log_std_mean" not in deterministic and "mean_abs" in deterministic
     adamw = tiny_trainer(optimizer="adamw").train_updates(2)
     assert "trust_ratio_min" not in adamw  # AdamW has no trust ratio
+
+
+def test_a_non_finite_gradient_is_never_applied_and_the_error_names_its_update():
+    trainer = tiny_trainer(learning_rate=1e3)  # LAMB at 1e3: the gradient norm overflows within a few updates
+    with pytest.raises(Diverged) as err:
+        trainer.train_updates(20)
+    step = err.value.step
+    assert 1 < step <= 20 and trainer.num_updates == step - 1
+    assert re.fullmatch(rf"seed 0 diverged at update {step}: the (loss is nan \(grad norm \S+\)|gradient norm is "
+                        r"(inf|nan) \(loss \S+\)); lower the learning rate \(1000\.0\)", str(err.value)), str(err.value)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    twin = tiny_trainer(learning_rate=1e3)
+    twin.train_updates(step - 1)  # the weights are those after the last good update: the bad one was not applied
+    assert all(torch.equal(a, b) for a, b in zip(params_of(trainer), params_of(twin)))
+    assert pickle.loads(pickle.dumps(err.value)).args == err.value.args  # crosses a worker process boundary whole
+
+
+@pytest.mark.parametrize("each_update", [True, False], ids=["cpu", "cuda-block"])
+def test_nan_weights_stop_training_at_the_first_update_after_them(each_update):
+    trainer = tiny_trainer()
+    trainer.train_updates(3)
+    trainer.check_each_update = each_update  # False: the CUDA path's check, once after the block, run on the CPU
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.view(-1)[0] = float("nan")
+    poisoned = params_of(trainer)
+    with pytest.raises(Diverged) as err:
+        trainer.train_updates(5)
+    assert str(err.value) == "seed 0 diverged at update 4: the loss is nan (grad norm nan); lower the learning rate (0.003)"
+    assert (err.value.step, err.value.quantity) == (4, "loss")
+    if each_update:  # stopped before the optimiser step: the weights are as they were
+        assert trainer.num_updates == 3
+        for a, b in zip(params_of(trainer), poisoned):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    else:  # the block ran to its end (no host sync per update), so the loops save nothing after this error
+        assert trainer.num_updates == 8

@@ -202,3 +202,24 @@ def test_the_captured_update_equals_the_eager_update_on_cuda(monkeypatch):
     a, b = run(graphed).train_updates(10), run(eager).train_updates(10)  # the same streams for both
     for k in ("loss", "nll", "entropy", "temperature"):
         assert a[k] == pytest.approx(b[k], rel=2e-2, abs=1e-3), k
+
+
+def test_a_nan_in_a_replayed_block_is_found_at_its_update_without_a_sync_per_update(monkeypatch):
+    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    t = trainer(cuda_graph=True)
+    t.train_updates(GRAPH_WARMUP + 2)  # warmed up and captured: the next updates replay, metrics static tensors
+    assert t.graphed and not t.check_each_update
+    sample, calls = t._sample, []
+
+    def nan_third(*args):  # the block's third batch has a NaN state: its update is the first to diverge
+        batch = sample(*args)
+        calls.append(1)
+        if len(calls) == 3:
+            batch.states[0, -1, 0] = np.nan
+        return batch
+
+    monkeypatch.setattr(t, "_sample", nan_third)
+    before = t.num_updates
+    with pytest.raises(odt.trainer.Diverged) as err:
+        t.train_updates(5)
+    assert (err.value.step, err.value.quantity) == (before + 3, "loss") and t.num_updates == before + 5

@@ -11,6 +11,7 @@ dataset, AntMaze shifted by -1.
     run = iql(trajectories, IQLConfig(offline_updates=..., online_samples=...), env_fn, task="hopper-medium-v2")
 
 The loop has the shape of odt.loops: log, evaluate and checkpoint inline, resume from `checkpoint`.
+A non-finite loss or score stops it with odt.trainer's `Diverged`, before anything of that update is logged or saved.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from odt.data import Data, Trajectory, trajectories
 from odt.envs import check_dims, vector_env
 from odt.evaluation import eval_seeds, run_episodes, score
 from odt.logger import Logger, NullLogger
-from odt.loops import EnvFn, Run
+from odt.loops import EnvFn, Run, names_divergence
+from odt.divergence import Diverged, check_scores
 from odt.trainer import resolve_device
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -90,6 +92,14 @@ class IQL:
         self.actor_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.actor_opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
         self.updates = 0
+        # on the CPU each loss is checked before its optimiser step (a host sync is free there); on CUDA the loop
+        # checks a block of updates at its end (`_Average.pop`)
+        self.check_each_update = self.device.type != "cuda"
+
+    def _finite(self, name: str, loss: torch.Tensor) -> None:
+        """A non-finite loss stops the update before its step: its gradient never reaches the weights."""
+        if self.check_each_update and not math.isfinite(value := float(loss.detach())):
+            raise Diverged(self.updates + 1, name, value, learning_rate=self.cfg.learning_rate)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Value, then policy, then Q, then the targets (the order of IQL's reference code)."""
@@ -100,6 +110,7 @@ class IQL:
             q_target = torch.min(*n.q(obs, act, target=True))
         v = n.value(obs).squeeze(-1)
         value_loss = expectile_loss(q_target - v, cfg.expectile).mean()
+        self._finite("value loss", value_loss)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_opt.step()
@@ -107,6 +118,7 @@ class IQL:
         with torch.no_grad():
             weights = advantage_weights(q_target, n.value(obs).squeeze(-1), cfg.temperature, cfg.max_weight)
         actor_loss = -(weights * n.policy(obs).log_prob(act).sum(-1)).mean()
+        self._finite("actor loss", actor_loss)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
@@ -116,6 +128,7 @@ class IQL:
             backup = rew + cfg.discount * (1.0 - done) * n.value(next_obs).squeeze(-1)
         q1, q2 = n.q(obs, act)
         critic_loss = ((q1 - backup).pow(2) + (q2 - backup).pow(2)).mean()
+        self._finite("critic loss", critic_loss)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
@@ -196,6 +209,7 @@ def reward_transform(task: str | None, data: Sequence[Trajectory]) -> tuple[floa
     return (1000.0 / spread if task is not None and spread > 0 else 1.0), 0.0
 
 
+@names_divergence("iql")
 def iql(
     data: Data,
     cfg: IQLConfig,
@@ -212,6 +226,7 @@ def iql(
 
     Evaluations (mean actions, `eval_episodes` episodes): after the offline phase (the
     offline score, online_samples 0), every `eval_every` online steps, and at the end.
+    A non-finite loss or score raises `Diverged` naming the update.
     """
     logger = logger or NullLogger()
     data = trajectories(data, task)
@@ -234,7 +249,7 @@ def iql(
     eval_envs, env = vector_env(env_fn, cfg.eval_episodes), env_fn()
     check_dims(task, eval_envs, obs_dim, act_dim)
     start = time.perf_counter() - loop["wall_time"]
-    average = _Average()
+    average = _Average(agent)
 
     def update() -> None:
         average.add(agent.update(buffer.sample(cfg.batch_size, rng)))
@@ -247,7 +262,8 @@ def iql(
 
     def evaluate(final: bool) -> dict[str, float]:
         seeds = eval_seeds(seed, len(evaluations), cfg.eval_episodes)
-        result = score(run_episodes(lambda o: agent.act(o, deterministic=True), eval_envs, seeds), task)
+        result = check_scores(score(run_episodes(lambda o: agent.act(o, deterministic=True), eval_envs, seeds), task),
+                              agent.updates, cfg.learning_rate)
         evaluations.append({"online_samples": loop["online_samples"], **result})
         logger.report(result.get("eval_normalized", result["eval_return"]), agent.updates, final)
         return result
@@ -260,8 +276,9 @@ def iql(
                 update()
             bar.update(n)
             done = agent.updates >= cfg.offline_updates
+            averaged = average.pop()  # before the evaluation: a diverged block is named by its update
             scored = {"online_samples": 0, **evaluate(cfg.online_samples == 0)} if done else {}
-            logger.log({**average.pop(), **scored, "wall_time": time.perf_counter() - start}, agent.updates)
+            logger.log({**averaged, **scored, "wall_time": time.perf_counter() - start}, agent.updates)
             if done or agent.updates % cfg.checkpoint_every == 0:
                 save()
         since_save, episode_return, obs = 0, 0.0, None
@@ -295,18 +312,34 @@ def iql(
 
 
 class _Average:
-    """Metrics of consecutive updates summed on the device; `pop` syncs once and starts again."""
+    """Metrics of consecutive updates summed on the device; `pop` syncs once and starts again.
 
-    def __init__(self) -> None:
+    Where the agent does not check each update (CUDA), each update's losses are kept on the
+    device too, and a non-finite average raises `Diverged` naming the first update at fault.
+    """
+
+    LOSSES = ("value_loss", "actor_loss", "critic_loss")
+
+    def __init__(self, agent: IQL) -> None:
+        self.agent = agent
         self.sums: dict[str, torch.Tensor] = {}
+        self.losses: list[torch.Tensor] = []
         self.n = 0
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for k, v in metrics.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v
+        if not self.agent.check_each_update:
+            self.losses.append(torch.stack([metrics[k] for k in self.LOSSES]))
         self.n += 1
 
     def pop(self) -> dict[str, float]:
         out = {k: float(v) / self.n for k, v in self.sums.items()}
-        self.sums, self.n = {}, 0
+        losses, n = self.losses, self.n
+        self.sums, self.losses, self.n = {}, [], 0
+        if losses and not all(math.isfinite(out[k]) for k in self.LOSSES):
+            rows = torch.stack(losses)
+            first, column = (int(i) for i in (~torch.isfinite(rows)).nonzero()[0])
+            raise Diverged(self.agent.updates - n + first + 1, self.LOSSES[column].replace("_", " "),
+                           float(rows[first, column]), learning_rate=self.agent.cfg.learning_rate)
         return out

@@ -12,9 +12,13 @@ callback. Checkpoints (weights, optimisers, replay buffer, counters; no pickles)
 after an episode's last step has been stored and learned from; a resumed run starts a fresh episode there, so it continues the same run
 but is not bit-identical to one never interrupted (SB3 does not keep the environment's RNG).
 Logged rows are stepped by environment steps: SAC makes one update per step after its random phase.
+SB3 updates inside `learn`, out of reach: its logged losses (host floats already) are read after each
+update, a non-finite one raises odt.trainer's `Diverged`, and the weights are checked before each
+checkpoint and when SB3 cannot sample actions from them: no checkpoint or score holds a NaN.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,14 @@ from odt.config import SACConfig
 from odt.envs import check_dims, vector_env
 from odt.evaluation import eval_seeds, run_episodes, score
 from odt.logger import Logger, NullLogger
-from odt.loops import EnvFn, Run
+from odt.loops import EnvFn, Run, names_divergence
+from odt.divergence import Diverged, check_scores
 
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+LOSSES = ("train/critic_loss", "train/actor_loss", "train/ent_coef_loss", "train/ent_coef")  # SB3's, per update
 
 
+@names_divergence("sac")
 def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0, device: str = "cpu",
         logger: Logger | None = None, checkpoint: str | Path | None = None, progress: bool = True) -> Run:
     """SAC for `cfg.online_samples` environment steps; evaluations at 0, every `eval_every` steps and at the end."""
@@ -54,12 +61,28 @@ def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0
 
     def evaluate(final: bool) -> dict[str, float]:
         seeds = eval_seeds(seed, len(evaluations), cfg.eval_episodes)
-        result = score(run_episodes(lambda o: model.predict(o, deterministic=True)[0], eval_envs, seeds), task)
+        result = check_scores(score(run_episodes(lambda o: model.predict(o, deterministic=True)[0], eval_envs, seeds),
+                                    task), model._n_updates, cfg.learning_rate)
         evaluations.append({"online_samples": model.num_timesteps, **result})
         logger.report(result.get("eval_normalized", result["eval_return"]), model.num_timesteps, final)
         return result
 
+    def check(weights: bool = False) -> None:
+        """The latest update's losses as SB3 logged them, and with `weights` the networks' (a gradient can be
+        non-finite under a finite loss): a non-finite one stops the run before anything is saved or scored."""
+        for key in LOSSES:
+            value = model.logger.name_to_value.get(key)
+            if value is not None and not math.isfinite(value):
+                raise Diverged(model._n_updates, key.removeprefix("train/").replace("_", " "), float(value),
+                               learning_rate=cfg.learning_rate)
+        if weights:
+            with torch.no_grad():
+                norm = float(torch.stack([p.norm() for p in model.policy.parameters()]).norm())
+            if not math.isfinite(norm):
+                raise Diverged(model._n_updates, "weight norm", norm, learning_rate=cfg.learning_rate)
+
     def save() -> None:
+        check(weights=True)
         if checkpoint is not None:
             save_checkpoint(checkpoint, _state(model, {**loop, "wall_time": time.perf_counter() - start}))
 
@@ -70,6 +93,7 @@ def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0
             self.due = False  # an episode ended and a checkpoint is due: taken before the next step
 
         def _on_step(self) -> bool:
+            check()
             steps, last = model.num_timesteps, model.num_timesteps >= cfg.online_samples
             self.episode_return += float(self.locals["rewards"][0])
             self.episode_length += 1
@@ -89,6 +113,7 @@ def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0
 
         def _on_rollout_start(self) -> None:
             """Between two steps: the last step's transition is stored and its update made, a consistent state."""
+            check()
             if self.due:
                 save()
                 self.saved, self.due = model.num_timesteps, False
@@ -97,8 +122,13 @@ def sac(cfg: SACConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0
         logger.log({"online_samples": 0, **evaluate(cfg.online_samples == 0), "wall_time": time.perf_counter() - start}, 0)
     remaining = cfg.online_samples - model.num_timesteps
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=Callback(), reset_num_timesteps=state is None,
-                    progress_bar=progress)
+        try:
+            model.learn(total_timesteps=remaining, callback=Callback(), reset_num_timesteps=state is None,
+                        progress_bar=progress)
+        except ValueError:  # torch's Normal refusing a NaN mean: SB3 sampled from weights the last update broke
+            check(weights=True)
+            raise
+    check(weights=True)  # the last update came after the last callback
     if evaluations[-1]["online_samples"] < cfg.online_samples:  # the budget ended mid-callback bookkeeping
         evaluate(True)
     save()
