@@ -4,6 +4,7 @@
     fetch_d4rl(url, cache_dir)       download a D4RL file into a cache (resumable, verified)
     load_minari(id_or_spec, task)    read a Minari dataset
     generate_task(task, seed=...)    medium / medium-replay data from one cached SAC run
+    load_actor(package_dir, "medium")  a shipped behaviour policy (odt/policies/<env>/), checked against its manifest
 
 Imported on first use, like `odt`'s names: `odt.datasets.download` alone needs no torch.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from odt import lazy_exports
 
 _WHERE = {
+    "odt.datasets.behaviour": ("BehaviourActor", "load_actor", "read_manifest"),
     "odt.datasets.download": ("DownloadError", "fetch_d4rl"),
     "odt.datasets.generate": ("GenerateError", "generate_task"),
     "odt.datasets.hdf5": ("DatasetError", "ends_with_tail", "load_d4rl_hdf5", "read_metadata", "write_d4rl_hdf5"),

@@ -107,7 +107,6 @@ def _replay_trajectories(model) -> list[Trajectory]:
 def train_sac(spec: TaskSpec, *, seed: int, train_steps: int, target_return: float, env_version: str = "v5",
               progress: bool = False):
     """SAC (stable-baselines3 defaults, CPU) until `train_steps` or until the evaluation return reaches the target."""
-    from stable_baselines3 import SAC  # noqa: PLC0415
     from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415
 
     from odt.envs import make_env  # noqa: PLC0415
@@ -127,10 +126,20 @@ def train_sac(spec: TaskSpec, *, seed: int, train_steps: int, target_return: flo
                       file=sys.stderr)
             return score < target_return
 
-    model = SAC("MlpPolicy", make_env(spec, env_version), seed=seed, device="cpu", buffer_size=train_steps,
-                learning_starts=min(100, train_steps // 2), verbose=0)
+    model = make_sac(spec, seed=seed, train_steps=train_steps, env_version=env_version)
     model.learn(total_timesteps=train_steps, callback=StopAtTarget())
     return model, history
+
+
+def make_sac(spec: TaskSpec, *, seed: int, train_steps: int, env_version: str = "v5"):
+    """The SAC of every generated dataset: stable-baselines3 defaults (two 256-unit layers, lr 3e-4, batch 256,
+    automatic entropy) on CPU, in the task's env, a replay buffer that holds the whole run, 100 random steps first."""
+    from stable_baselines3 import SAC  # noqa: PLC0415
+
+    from odt.envs import make_env  # noqa: PLC0415
+
+    return SAC("MlpPolicy", make_env(spec, env_version), seed=seed, device="cpu", buffer_size=train_steps,
+               learning_starts=min(100, train_steps // 2), verbose=0)
 
 
 def generate_run(spec: TaskSpec, run_dir: Path, *, seed: int, train_steps: int, target_return: float,
