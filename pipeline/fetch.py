@@ -10,7 +10,10 @@ Runs odt.datasets.fetch: DIR/<task>.hdf5 (float32, `next_observations`, terminal
 D4RL) and DIR/<task>.json (provenance, sizes, returns, sha256, the dims Ant's environment pins),
 written into a temp directory that then replaces DIR, so DIR is never half-written. Actions
 outside [-1, 1] are rejected with one line; `--clip-actions` clips them instead, with a warning.
-Downloads and generated SAC runs are cached under --cache (default $ODT_CACHE or .cache).
+`--source generate` rolls out the env's shipped behaviour policies (odt/policies/<env>, or
+--policies DIR) when there are some and neither --train-steps nor --target-return is given;
+otherwise it trains SAC. Downloads and generated data are cached under --cache (default
+$ODT_CACHE or .cache).
 """
 from __future__ import annotations
 
@@ -34,10 +37,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--url", help="d4rl: download from here instead of the task's D4RL address")
     ap.add_argument("--path", help="file: the D4RL-layout .hdf5 to use")
     ap.add_argument("--cache", help="cache root for downloads and SAC runs (default $ODT_CACHE or .cache)")
-    ap.add_argument("--seed", type=int, default=0, help="generate: seed of the SAC run")
+    ap.add_argument("--seed", type=int, default=0, help="generate: seed of the SAC run, or of the policies' rollout")
     ap.add_argument("--train-steps", type=int, help="generate: SAC environment-step budget")
     ap.add_argument("--target-return", type=float, help="generate: stop SAC once evaluation reaches this return")
-    ap.add_argument("--transitions", type=int, help="generate: size of the medium dataset")
+    ap.add_argument("--transitions", type=int, help="generate: size of the dataset (SAC: of the medium rollout; "
+                    "policies: default 1M for medium, the run's buffer for medium-replay)")
+    ap.add_argument("--policies", help="generate: roll out the behaviour policies in this directory (default: "
+                    "odt/policies/<env> when it holds manifest.json and neither --train-steps nor --target-return "
+                    "is given, which train SAC instead)")
     ap.add_argument("--clip-actions", action="store_true",
                     help="clip actions outside [-1, 1] to it, with a warning saying how many (default: reject the data)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -53,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--path is for --source file; with --source {args.source} drop it")
     if args.url and args.source != "d4rl":
         ap.error(f"--url is for --source d4rl; with --source {args.source} drop it")
+    if args.policies and args.source != "generate":
+        ap.error(f"--policies is for --source generate; with --source {args.source} drop it")
+    if args.policies and (args.train_steps is not None or args.target_return is not None):
+        ap.error("--policies rolls out trained policies, --train-steps and --target-return train SAC: give one or the other")
     return args
 
 
@@ -66,7 +77,7 @@ def fetch(args: argparse.Namespace) -> dict[str, Any]:
     options = {"url": args.url} if args.source == "d4rl" else {"path": args.path} if args.source == "file" else {}
     if args.source == "generate":
         options = {"seed": args.seed, "train_steps": args.train_steps, "target_return": args.target_return,
-                   "transitions": args.transitions}
+                   "transitions": args.transitions, "policies": args.policies}
     return fetch_task(args.task, args.source, Path(args.out), cache=cache_root(args.cache), progress=not args.no_progress,
                       clip_actions=args.clip_actions, **options)
 

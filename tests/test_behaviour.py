@@ -1,6 +1,7 @@
 """Behaviour policies: the checkpointed SAC trainer (killed and resumed), the float16 export, the checked loader."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -42,15 +44,20 @@ def straight(tmp_path_factory) -> Path:
     return out
 
 
-def _killed_after_first_checkpoint(out: Path, sig: int) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(_cli(out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _killed_after_first_checkpoint(out: Path, sig: int, **overrides) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(_cli(out, **overrides), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.pt").is_file():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)
+    trainer = psutil.Process(proc.pid)
+    trainer.suspend()  # held between two steps: the run cannot end before the signal lands, however loaded the machine
+    assert not read_progress(out)["done"]
     proc.send_signal(sig)
+    with contextlib.suppress(psutil.NoSuchProcess):  # SIGKILL: gone already
+        trainer.resume()
     stdout, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -100,7 +107,7 @@ def test_sigkilled_run_resumes_from_its_checkpoint_and_ends_like_a_straight_run(
 
 def test_ctrl_c_is_one_line_and_keeps_the_checkpoint(tmp_path):
     out = tmp_path / "hopper"
-    interrupted = _killed_after_first_checkpoint(out, signal.SIGINT)
+    interrupted = _killed_after_first_checkpoint(out, signal.SIGINT, max_steps=100_000)
     assert interrupted.returncode == 130
     steps = read_progress(out)["steps"]
     assert interrupted.stderr.strip().splitlines() == [

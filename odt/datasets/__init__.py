@@ -3,7 +3,8 @@
     load_d4rl_hdf5(path, task)       read a D4RL-layout file (every source ends as one)
     fetch_d4rl(url, cache_dir)       download a D4RL file into a cache (resumable, verified)
     load_minari(id_or_spec, task)    read a Minari dataset
-    generate_task(task, seed=...)    medium / medium-replay data from one cached SAC run
+    generate_task(task, seed=...)    medium / medium-replay data: the shipped behaviour policies rolled out, or one SAC run
+    from_policies(task, out_dir, seed=...)  medium / medium-replay rolled out from behaviour policies (odt/policies/<env>)
     load_actor(package_dir, "medium")  a shipped behaviour policy (odt/policies/<env>/), checked against its manifest
 
 Imported on first use, like `odt`'s names: `odt.datasets.download` alone needs no torch.
@@ -18,5 +19,6 @@ _WHERE = {
     "odt.datasets.generate": ("GenerateError", "generate_task"),
     "odt.datasets.hdf5": ("DatasetError", "ends_with_tail", "load_d4rl_hdf5", "read_metadata", "write_d4rl_hdf5"),
     "odt.datasets.minari_io": ("load_minari",),
+    "odt.datasets.rollout": ("from_policies",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(_WHERE, __name__)

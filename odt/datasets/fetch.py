@@ -3,7 +3,10 @@
     fetch("hopper-medium-v2", "generate", "data/hopper-medium-v2", seed=0, train_steps=5000)
 
 Sources: `d4rl` (download the original file), `minari` (the Minari dataset holding D4RL's
-data), `generate` (SAC data made here) and `file` (a D4RL-layout .hdf5 you have). The
+data), `generate` (made here: rolled out from the shipped behaviour policies of the env,
+odt/policies/<env>, or from a SAC run trained here; see odt.datasets.generate) and `file`
+(a D4RL-layout .hdf5 you have). Generated data's provenance is the JSON's `origin` (for
+policies: the manifest's run, each snapshot's step, sha256, share and trajectories). The
 output directory gets <task>.hdf5 and <task>.json (where it came from, trajectory count,
 returns, sha256 of the file, and for Ant the contact-force dims the environment must pin:
 `odt.envs.load_fixed_obs`), both written into a temp directory that then replaces it. Actions
@@ -29,7 +32,8 @@ ACTION_BOUND = 1.0  # every task's action space is [-1, 1]
 def load_source(task: str, source: str, *, url: str | None = None, path: str | Path | None = None,
                 cache: Path = Path(".cache"), progress: bool = True,
                 **generate: Any) -> tuple[list[Trajectory], dict[str, Any], bool]:
-    """(trajectories, provenance, whether the last trajectory is a cut-off tail); `generate`: seed, train_steps, ..."""
+    """(trajectories, provenance, whether the last trajectory is a cut-off tail); `generate`: seed, train_steps,
+    target_return, transitions, policies (odt.datasets.generate.generate_task)."""
     spec = get_task(task)
     if source == "minari":
         from odt.datasets.minari_io import load_minari  # noqa: PLC0415
@@ -111,7 +115,9 @@ def fetch(task: str, source: str, out: str | Path, *, clip_actions: bool = False
     meta = {"source": source, **summarize(task, trajectories), "origin": origin,
             "n_action_values": sum(t.actions.size for t in trajectories), "clipped_actions": clipped}
     if source == "generate":
-        meta["note"] = "generated with SAC in gymnasium, not D4RL data: compare with the paper in trend only"
+        how = ("rolled out from behaviour policies trained with SAC in gymnasium" if "policies" in origin
+               else "generated with SAC in gymnasium")
+        meta["note"] = f"{how}, not D4RL data: compare with the paper in trend only"
     with atomic_dir(out) as tmp:
         h5 = write_d4rl_hdf5(tmp / f"{task}.hdf5", trajectories, metadata={"task": task, "source": source, "tail": tail})
         meta = {**meta, "tail": tail, "sha256": sha256_file(h5), "file": f"{task}.hdf5"}

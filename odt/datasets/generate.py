@@ -9,6 +9,11 @@ training budget), so results on it compare with the paper in trend only.
 One SAC run serves both tasks of an environment: it is cached, atomically and under a
 lock, in `<cache_dir>/<env>-seed<seed>-steps<N>-target<R>-n<M>/`, so fetching
 hopper-medium-v2 and hopper-medium-replay-v2 with the same settings trains once.
+
+Where the package ships behaviour policies for the env (`odt/policies/<env>/manifest.json`,
+odt.datasets.behaviour), `generate_task` rolls them out instead (odt.datasets.rollout: no
+training, minutes instead of hours) unless it is given `train_steps` or `target_return`,
+which ask for a SAC run here.
 """
 from __future__ import annotations
 
@@ -173,15 +178,38 @@ def generate_run(spec: TaskSpec, run_dir: Path, *, seed: int, train_steps: int, 
 
 def generate_task(task: str | TaskSpec, *, seed: int = 0, train_steps: int | None = None,
                   target_return: float | None = None, transitions: int | None = None,
-                  cache_dir: str | os.PathLike = ".cache/generate", env_version: str = "v5",
-                  progress: bool = False) -> tuple[Path, dict[str, Any]]:
-    """(path of the task's generated D4RL-layout file, the SAC run's record); trains only if not cached."""
+                  cache_dir: str | os.PathLike = ".cache/generate", env_version: str | None = None,
+                  progress: bool = False, policies: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
+    """(path of the task's generated D4RL-layout file, its record); cached.
+
+    Rolls out the behaviour policies in `policies`, or by default the shipped ones of the task's env
+    (odt/policies/<env>) when there are some and neither `train_steps` nor `target_return` is given;
+    otherwise trains SAC (`train_steps` default 1M, stopping at `target_return`) and uses its rollout and buffer.
+    `transitions`: the dataset's size (SAC: the medium rollout's; policies: either dataset's, see odt.datasets.rollout).
+    """
     spec = get_task(task) if isinstance(task, str) else task
     if not spec.generatable:
         raise GenerateError(f"{spec.name}: AntMaze data cannot be generated (D4RL's comes from a scripted planner in "
                             f"the maze); use --source d4rl or --source minari")
     if spec.dataset not in DATASETS:
         raise GenerateError(f"{spec.name}: only {' and '.join(DATASETS)} datasets can be generated")
+    training = train_steps is not None or target_return is not None
+    if policies is not None and training:
+        raise GenerateError("policies rolls out trained behaviour policies, train_steps and target_return train SAC "
+                            "here: give one or the other")
+    if not training:
+        from odt.datasets import rollout  # noqa: PLC0415
+
+        package = Path(policies) if policies is not None else rollout.shipped(spec.env)
+        if package is not None:
+            made_in = rollout.read_manifest(package)["env_version"]
+            if env_version is not None and env_version != made_in:
+                raise GenerateError(f"the behaviour policies in {package} act in {spec.env} {made_in}, not {env_version}")
+            if transitions is not None and int(transitions) < 1:
+                raise GenerateError(f"transitions must be >= 1, got {transitions}")
+            return rollout.policy_task(spec, package, seed=seed, transitions=transitions,
+                                       cache_dir=Path(cache_dir) / "policies", progress=progress)
+    env_version = "v5" if env_version is None else env_version
     train_steps = DEFAULT_TRAIN_STEPS if train_steps is None else int(train_steps)
     transitions = DEFAULT_TRANSITIONS if transitions is None else int(transitions)
     target_return = default_target_return(spec) if target_return is None else float(target_return)

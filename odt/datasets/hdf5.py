@@ -134,12 +134,13 @@ def write_d4rl_hdf5(
     if metadata and metadata.get("tail"):
         timeouts[ends[-1]] = False
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        # no timestamps in the file (h5py's default, said here): the same trajectories give the same bytes
+        with h5py.File(tmp, "w", track_times=False) as f:
             for key, value in (("observations", obs), ("next_observations", nxt), ("actions", act),
                                ("rewards", rew), ("terminals", term), ("timeouts", timeouts)):
-                f.create_dataset(key, data=value)
+                f.create_dataset(key, data=value, track_times=False)
             for key, value in (extra or {}).items():
-                f.create_dataset(key, data=value)
+                f.create_dataset(key, data=value, track_times=False)
             for key, value in (metadata or {}).items():
                 f.attrs[key] = value if value is not None else ""
     return path
