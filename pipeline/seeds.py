@@ -83,14 +83,12 @@ def publish_run(tracker, run_id: str, seed_dir: Path, result: dict[str, Any], fi
     tracker.finish(run_id)
 
 
-def _stopped(tracker, runs: list[str], interrupted: bool) -> None:
-    """The stage stops before its seeds finished: its runs that did not finish are marked so."""
-    if tracker is None:
-        return
-    for run_id in runs:
-        with contextlib.suppress(Exception):
-            if tracker.status(run_id) != "FINISHED":
-                tracker.finish(run_id, "KILLED" if interrupted else "FAILED")
+def _stopped(how: dict[str, Any], interrupted: bool) -> None:
+    """The stage stops before it finished: its runs still RUNNING, however far it got in opening or publishing them,
+    are marked KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    if how["exp"] is not None:
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            how["tracker"].stop_runs(how["exp"], how["key"], "KILLED" if interrupted else "FAILED")
 
 
 def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, files: tuple[str, ...],
@@ -116,37 +114,37 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, f
         pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
         workers = max(1, min(workers, len(pending)))
 
-        tracker = parent = None
+        how: dict[str, Any] = {"work_dir": work, "tracker": None, "exp": None, "key": f"{name}:{fp}", "parent": None}
         children: dict[int, str] = {}
-        if track:
-            from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
-
-            tracker = Tracker(root)
-            exp = tracker.experiment(f"odt/{plan.name}")
-            tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, backend=backend,
-                              workers=workers, threads_per_worker=threads, algorithm=key.get("algorithm", name),
-                              **(tags or {}))
-            run_params = flat({k: v for k, v in key.items() if k != "stage"})
-            parent, _ = tracker.open(exp, f"{name}:{fp}", name, tags, run_params)
-            for s in seeds:
-                children[s], _ = tracker.open(exp, f"{name}:{fp}:seed{s}", f"seed {s}", {**tags, "seed": s},
-                                              {**run_params, "seed": s}, parent=parent)
-                if s not in pending:  # finished before a crash but not yet published
-                    publish_run(tracker, children[s], work / f"seed_{s}",
-                                caching.done(work / f"seed_{s}" / "result.json"), files)
-
-        print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done "
-              f"before); {backend}, {workers} workers x {threads} torch threads", flush=True)
-        jobs = [dict(job=job, name=name, seed=s, seed_dir=work / f"seed_{s}", threads=threads,
-                     files=files, tracking=(tracker.uri, children[s]) if track else None, root=root, hb=hb)
-                for s in pending]
         try:
+            if track:
+                from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
+
+                tracker = how["tracker"] = Tracker(root)
+                exp = how["exp"] = tracker.experiment(f"odt/{plan.name}")
+                tags = stage_tags(root, params.profile, f"{name}@{plan.name}", task=plan.name, backend=backend,
+                                  workers=workers, threads_per_worker=threads, algorithm=key.get("algorithm", name),
+                                  **(tags or {}))
+                run_params = flat({k: v for k, v in key.items() if k != "stage"})
+                parent = how["parent"] = tracker.open(exp, how["key"], name, tags, run_params)[0]
+                for s in seeds:
+                    children[s], _ = tracker.open(exp, f"{how['key']}:seed{s}", f"seed {s}", {**tags, "seed": s},
+                                                  {**run_params, "seed": s}, parent=parent)
+                    if s not in pending:  # finished before a crash but not yet published
+                        publish_run(tracker, children[s], work / f"seed_{s}",
+                                    caching.done(work / f"seed_{s}" / "result.json"), files)
+
+            print(f"{name} {plan.name}: {len(pending)} of {len(seeds)} seeds to run ({len(seeds) - len(pending)} done "
+                  f"before); {backend}, {workers} workers x {threads} torch threads", flush=True)
+            jobs = [dict(job=job, name=name, seed=s, seed_dir=work / f"seed_{s}", threads=threads,
+                         files=files, tracking=(how["tracker"].uri, children[s]) if track else None, root=root, hb=hb)
+                    for s in pending]
             outcomes = parallel.run_parallel(_seed, jobs, backend=backend, n_jobs=workers, address=address)
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
             if interrupted:
                 parallel.stop_workers(backend)
-            _stopped(tracker, [parent, *(children[s] for s in pending)] if track else [], interrupted)
+            _stopped(how, interrupted)
             raise
     failed = [o for o in outcomes if not o["ok"]]
     for o in failed:
@@ -154,12 +152,11 @@ def run(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, f
             print(f"--- {plan.name} seed {o['seed']} ---\n{o['traceback']}", file=sys.stderr)
     if failed:
         if track:
-            tracker.finish(parent, "FAILED")
+            how["tracker"].finish(how["parent"], "FAILED")
         raise SeedsFailed("; ".join(f"{name} {plan.name} seed {o['seed']} failed: {o['error']}" for o in failed)
                           + f" ({len(seeds) - len(failed)} other seeds finished and are kept for the rerun)")
     results = [caching.done(work / f"seed_{s}" / "result.json") for s in seeds]
-    return results, {"work_dir": work, "tracker": tracker, "parent": parent,
-                     "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
+    return results, {**how, "workers": [{"seed": o["seed"], "pid": o["pid"], "threads": o["threads"]} for o in outcomes]}
 
 
 def stage(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job, files: tuple[str, ...], step: int,
@@ -177,14 +174,18 @@ def stage(name: str, plan, params, *, root: Path, key: dict[str, Any], job: Job,
     results, how = run(name, plan, params, root=root, key=key, job=job, files=files, track=track, tags=tags, **parallel)
     summary = {"task": plan.name, **curves.summarize(results), **extra(results)}
     summary_path, work = out.parent / f"{name}.json", how["work_dir"]
-    with atomic_path(summary_path) as summary_tmp, atomic_dir(out) as tmp:
-        for s in range(params.seeds):
-            for file in files:
-                copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
-        summary_tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # as write_json writes it
-    tracker, parent = how["tracker"], how["parent"]
-    if tracker is not None and tracker.status(parent) != "FINISHED":
-        tracker.log_metrics(parent, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=step)
-        tracker.log_artifacts(parent, [summary_path])
-        tracker.finish(parent)
+    try:
+        with atomic_path(summary_path) as summary_tmp, atomic_dir(out) as tmp:
+            for s in range(params.seeds):
+                for file in files:
+                    copy_file(work / f"seed_{s}" / file, tmp / f"seed_{s}" / file)
+            summary_tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")  # as write_json writes it
+        tracker, parent = how["tracker"], how["parent"]
+        if tracker is not None and tracker.status(parent) != "FINISHED":
+            tracker.log_metrics(parent, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, step=step)
+            tracker.log_artifacts(parent, [summary_path])
+            tracker.finish(parent)
+    except BaseException as err:
+        _stopped(how, isinstance(err, KeyboardInterrupt))
+        raise
     return {"summary": summary, "results": results, "work_dir": str(work), "workers": how["workers"]}

@@ -83,7 +83,8 @@ def open_storage(spec: str, root: Path, *, heartbeat: int = HEARTBEAT_S, grace: 
                         url, engine_kwargs={"connect_args": connect[backend]} if backend in connect else None,
                         heartbeat_interval=heartbeat, grace_period=grace)
                 break
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            # PostgreSQL's DuplicateTable is a ProgrammingError ("relation ... already exists")
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
                 racing = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
                 if attempt == 2 or not any(s in str(err) for s in racing):
                     raise

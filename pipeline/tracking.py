@@ -200,6 +200,14 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, run_id, status)
 
+    def stop_runs(self, experiment_id: str, key_prefix: str, status: str) -> None:
+        """This checkout's runs whose key starts with `key_prefix` and that are still RUNNING, ended as `status`."""
+        runs = _retry(self.client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY}` LIKE '{key_prefix}%'",
+                      max_results=1000)
+        for r in runs:
+            if r.info.status == "RUNNING" and r.data.tags.get(CHECKOUT, self.checkout) == self.checkout:
+                self.finish(r.info.run_id, status)
+
 
 class RunLogger:
     """odt's Logger for one MLflow run: picklable (a worker process builds its own client).

@@ -51,6 +51,20 @@ def mid_run(proc: subprocess.Popen, root: Path) -> tuple[Path, list[psutil.Proce
     raise AssertionError(f"no moment with a finished and an unfinished seed:\n{proc.communicate()[1]}")
 
 
+def handling(proc: subprocess.Popen) -> None:
+    """Wait until `python -m pipeline.<stage>` has run its first import, which blocks SIGINT and SIGTERM for the
+    thread that waits for them (pipeline/interrupts.py): the kernel shows it in the process's signal mask."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+            if all(blocked >> (s - 1) & 1 for s in (signal.SIGINT, signal.SIGTERM)):
+                return
+        time.sleep(0.005)
+    raise AssertionError("the stage never got to its first import")
+
+
 def resume(workers: list[psutil.Process]) -> None:
     for w in workers:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -148,11 +162,12 @@ def test_a_signal_at_any_moment_of_a_stage_ends_it_cleanly_and_the_rerun_resumes
     """SIGINT and SIGTERM at moments spread over a stage's life (imports, store and workers starting, seeds running
     and publishing, the stage's own publishing): one line and 128 + the signal, or, once the outputs are out, the
     end it would have had; no worker left, no run left RUNNING, and the rerun gives the uninterrupted numbers."""
-    moments = [0.15, 0.5, 1.2, 2.5, 4.5]
+    moments = [0.0, 0.5, 1.2, 2.5, 4.5]  # after the command's first import (before it, Python's own start)
     for i, delay in enumerate(moments):
         signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
         root, uri = stage_inputs(tmp_path / f"repo{i}", pretrained), f"sqlite:///{tmp_path / f'mlflow{i}.db'}"
         proc = start_finetune(root, uri)
+        handling(proc)
         time.sleep(delay)
         workers = []
         with contextlib.suppress(psutil.NoSuchProcess):
