@@ -522,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--to", required=True, help="package directory, e.g. odt/policies/hopper (replaced)")
     e.add_argument("--every", type=int, default=None, help="keep snapshots at multiples of this many steps")
     args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM leave the last checkpoint, also where the shell that started us ignored SIGINT (a job
+    # started with `&` by a script): Python would not install its handler then
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     from odt.atomic import WriteError  # noqa: PLC0415
 
