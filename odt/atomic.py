@@ -48,6 +48,16 @@ def _write_error(err: OSError, path: Path) -> WriteError:
 FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
 
 
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
+    """`err`, then what it was raised from or while handling, and so on (each once)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        yield cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+
+
 def writer_error(err: BaseException, path: str | os.PathLike, tmp: str | os.PathLike) -> WriteError:
     """`err`, raised by a library writing `tmp` on the way to `path` (torch's zip writer raises RuntimeError
     `[enforce fail at inline_container.cc] ... unexpected pos ...`), as a WriteError naming `path` and the cause.
@@ -56,13 +66,9 @@ def writer_error(err: BaseException, path: str | os.PathLike, tmp: str | os.Path
     write's), else what the file-size limit (RLIMIT_FSIZE, against the bytes `tmp` holds) or
     the free space of its file system says, else a guess.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
+    for cause in exception_chain(err):
         if isinstance(cause, OSError) and cause.errno:
             return WriteError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
     try:
         written = os.stat(tmp).st_size
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)

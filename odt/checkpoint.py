@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from odt.atomic import atomic_path, writer_error
+from odt.atomic import atomic_path, exception_chain, writer_error
 
 
 class CheckpointError(ValueError):
@@ -33,11 +33,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 def _writer_failed(err: RuntimeError) -> bool:
     """Whether torch's zip writer failed on a write the OS refused (its message, or the OSError it was handling)."""
-    chain, cause = [], err
-    while cause is not None and cause not in chain:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return any(isinstance(e, OSError) or "inline_container" in str(e) or "PytorchStreamWriter" in str(e) for e in chain)
+    return any(isinstance(e, OSError) or "inline_container" in str(e) or "PytorchStreamWriter" in str(e)
+               for e in exception_chain(err))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,

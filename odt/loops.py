@@ -4,7 +4,7 @@ Each loop reads top to bottom: what happens at update N, or in round N (train, e
 log, checkpoint), is inline. Given a `checkpoint` path, a loop writes there everything it
 needs to continue, and called again with the same arguments it resumes from that file to
 the same numbers as a run that was never interrupted (a finished run returns at once).
-A non-finite loss, gradient norm or score stops a loop with `Diverged` (odt.trainer), one
+A non-finite loss, gradient norm or score stops a loop with `Diverged` (odt/divergence.py), one
 line naming the phase, task, seed, update and the learning rate to lower; nothing of that
 update is logged and no checkpoint is written after it.
 

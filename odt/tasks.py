@@ -96,6 +96,16 @@ def get_task(name: str) -> TaskSpec:
         raise UnknownTaskError(f"unknown task '{name}'; {hint}") from None
 
 
+def unknown_task(names) -> tuple[str, str] | None:
+    """(name, the line naming it with its close matches) for the first of `names` that is not a task, else None."""
+    for name in names:
+        try:
+            get_task(name)
+        except UnknownTaskError as err:
+            return name, str(err)
+    return None
+
+
 def normalized_score(task: str, raw_return):
     """D4RL's normalisation: 100 * (return - ref_min) / (ref_max - ref_min). Works on arrays."""
     spec = get_task(task)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import caching, paths, seeds
-from pipeline.params import Params, TaskPlan, phase_config
+from pipeline.params import Params, TaskPlan, learning_rate_setting, phase_config
 
 FILES = ("policy.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/finetune/seed_<k>/
 
@@ -37,9 +37,7 @@ def finetune_seed(plan: TaskPlan, params: Params, cfg, hparams: dict[str, Any], 
                        data=paths.dataset(root, plan.name), seed=seed, offline=plan.pretrain, device=params.device,
                        logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
     except Diverged as err:  # named as params.yaml spells the setting (or where a tuned value came from)
-        source = hparams["source"]
-        key = f"tasks.{plan.name}.finetune.learning_rate" if source == "params" else f"the learning rate in {source}"
-        raise err.named(f"finetune {plan.name} seed {seed}", key)
+        raise err.named(f"finetune {plan.name} seed {seed}", learning_rate_setting(plan, "finetune", hparams))
     run.trainer.save_policy(seed_dir / "policy.pt", cfg)
     run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep

@@ -90,15 +90,12 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
-        from odt.tasks import get_task  # noqa: PLC0415
+        from odt.tasks import unknown_task  # noqa: PLC0415
 
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
-        for name in self.tasks:  # a misspelt task first: what it breaks (a baseline listing the right name) comes after
-            try:
-                get_task(name)
-            except KeyError as err:  # UnknownTaskError: names close matches
-                raise ValueError(f"tasks.{name}: {err}") from None
+        if misspelt := unknown_task(self.tasks):  # first: what it breaks (a baseline listing the right name) comes after
+            raise ValueError(f"tasks.{misspelt[0]}: {misspelt[1]}")
         for where, names in [("tune.tasks", self.tune.tasks), *((f"baselines.{b}", t) for b, t in self.baselines.items())]:
             unknown = [t for t in names if t not in self.tasks]
             if unknown:
@@ -203,6 +200,13 @@ def check_lengths(task: str, model: ModelConfig, model_key: str, evaluations: di
     for key, cfg in evaluations.items():
         at_most(f"{key}.eval_context_len", cfg.eval_context_len, f"{model_key}.context_len", model.context_len,
                 "lower eval_context_len or raise context_len (the model is never trained on a longer context)")
+
+
+def learning_rate_setting(plan: TaskPlan, block: str, hparams: dict[str, Any]) -> str:
+    """Where the learning rate of `block` ("pretrain", "finetune", "dt.train") came from, as a user would change it:
+    the params.yaml key, or the tuned file (phase_config's `source`)."""
+    source = hparams["source"]
+    return f"tasks.{plan.name}.{block}.learning_rate" if source == "params" else f"the learning rate in {source}"
 
 
 def phase_config(plan: TaskPlan, params: Params, phase: str, overrides: dict[str, Any] | None = None, *,

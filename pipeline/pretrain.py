@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import caching, paths, seeds
-from pipeline.params import Params, TaskPlan, phase_config
+from pipeline.params import Params, TaskPlan, learning_rate_setting, phase_config
 
 FILES = ("checkpoint.pt", "curve.csv", "result.json")  # published per seed in runs/<task>/pretrain/seed_<k>/
 
@@ -35,9 +35,8 @@ def pretrain_seed(plan: TaskPlan, params: Params, model, cfg, extra: dict[str, A
         run = pretrain(paths.dataset(root, plan.name), model, cfg, plan.env_fn(root), task=plan.name, seed=seed,
                        device=params.device, logger=logger, checkpoint=seed_dir / "checkpoint.pt", progress=False)
     except Diverged as err:  # named as params.yaml spells the setting (or where a tuned value came from)
-        source = extra["hparams"]["source"]
-        key = f"tasks.{plan.name}.{'dt.train' if name == 'dt' else 'pretrain'}.learning_rate"
-        raise err.named(f"{name} {plan.name} seed {seed}", key if source == "params" else f"the learning rate in {source}")
+        block = "dt.train" if name == "dt" else "pretrain"
+        raise err.named(f"{name} {plan.name} seed {seed}", learning_rate_setting(plan, block, extra["hparams"]))
     run.write_curve(seed_dir / "curve.csv")
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.num_updates, **extra}
 

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 from odt.atomic import write_text
 from odt.comparison import baseline_tasks
 from odt.config import ConfigError, format_validation_error
-from odt.tasks import get_task
+from odt.tasks import unknown_task
 from pipeline.cli import Parser, fail, run_guarded
 from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
                              plan_task, read_yaml)
@@ -68,11 +68,8 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
         prof = Profile(**raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, where)) from None
-    for task in prof.tasks:  # a misspelt task first, before what it breaks
-        try:
-            get_task(task)
-        except KeyError as err:  # UnknownTaskError: names close matches
-            raise ConfigError(f"{where}: tasks: {err}") from None
+    if misspelt := unknown_task(prof.tasks):  # first, before what it breaks
+        raise ConfigError(f"{where}: tasks: {misspelt[1]}")
     unknown = set(prof.overrides) - set(prof.tasks)
     if unknown:
         raise ConfigError(f"{where}: overrides for '{sorted(unknown)[0]}', which is not in tasks")

@@ -16,6 +16,7 @@ import odt.trainer
 from benchmarks.gpu import assert_no_host_sync
 from helpers import policy_dataset
 from odt.config import FinetuneConfig, OptimConfig
+from odt.divergence import Diverged
 from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import GRAPH_WARMUP, ODTTrainer
@@ -220,6 +221,6 @@ def test_a_nan_in_a_replayed_block_is_found_at_its_update_without_a_sync_per_upd
 
     monkeypatch.setattr(t, "_sample", nan_third)
     before = t.num_updates
-    with pytest.raises(odt.trainer.Diverged) as err:
+    with pytest.raises(Diverged) as err:
         t.train_updates(5)
     assert (err.value.step, err.value.quantity) == (before + 3, "loss") and t.num_updates == before + 5

@@ -11,7 +11,7 @@ dataset, AntMaze shifted by -1.
     run = iql(trajectories, IQLConfig(offline_updates=..., online_samples=...), env_fn, task="hopper-medium-v2")
 
 The loop has the shape of odt.loops: log, evaluate and checkpoint inline, resume from `checkpoint`.
-A non-finite loss or score stops it with odt.trainer's `Diverged`, before anything of that update is logged or saved.
+A non-finite loss or score stops it with `Diverged` (odt/divergence.py), before anything of that update is logged or saved.
 """
 from __future__ import annotations
 

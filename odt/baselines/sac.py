@@ -13,7 +13,7 @@ after an episode's last step has been stored and learned from; a resumed run sta
 but is not bit-identical to one never interrupted (SB3 does not keep the environment's RNG).
 Logged rows are stepped by environment steps: SAC makes one update per step after its random phase.
 SB3 updates inside `learn`, out of reach: its logged losses (host floats already) are read after each
-update, a non-finite one raises odt.trainer's `Diverged`, and the weights are checked before each
+update, a non-finite one raises `Diverged` (odt/divergence.py), and the weights are checked before each
 checkpoint and when SB3 cannot sample actions from them: no checkpoint or score holds a NaN.
 """
 from __future__ import annotations
