@@ -4,9 +4,9 @@ The update loop must not wait on the GPU: metrics stay on the device and
 ODTTrainer.train_updates reads them once at the end. On CUDA a few updates run under
 torch.cuda.set_sync_debug_mode("error") before the timed ones (the mode slows every
 op, so it is not on while timing), and any synchronising call inside
-ODTTrainer.update fails the benchmark. Without a GPU, `assert_no_host_sync` checks the
-part of that contract visible on the CPU: odt's own code never calls item(), float(),
-bool(), int(), tolist(), numpy() or cpu() on a tensor during an update.
+ODTTrainer.update fails the benchmark. Without a GPU, tests/test_update_graph.py checks the
+part of that contract visible on the CPU (tests/host_sync.py): odt's own code never calls
+item(), float(), bool(), int(), tolist(), numpy() or cpu() on a tensor during an update.
 
 Measured, side by side in one process with the order rotated: updates/s of the eager
 update (pytorch-optimizer's Lamb, `cuda_graph=False`: the code before the capture) and of
@@ -24,10 +24,8 @@ and 10 finetuning seeds, rollouts and evaluations left out).
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,39 +35,8 @@ import torch
 from benchmarks.common import Figure, Result, interleaved
 from benchmarks.update import CONFIGS, make_trainer
 from benchmarks.update import run as update_benchmark
-from odt.trainer import GRAPH_WARMUP
+from odt.update_graph import GRAPH_WARMUP
 
-ODT_DIR = str(Path(__import__("odt").__file__).resolve().parent)
-SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
-
-
-@contextlib.contextmanager
-def assert_no_host_sync():
-    """Fail if code under odt/ reads a tensor's value on the host while the block runs.
-
-    On a GPU each of those calls waits for the device; library internals are not
-    checked here (set_sync_debug_mode covers them on CUDA).
-    """
-    calls: list[str] = []
-    originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
-
-    def guard(name, original):
-        def wrapper(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(ODT_DIR):
-                calls.append(f"Tensor.{name} from {caller}:{sys._getframe(1).f_lineno}")
-            return original(self, *args, **kwargs)
-        return wrapper
-
-    for name, original in originals.items():
-        setattr(torch.Tensor, name, guard(name, original))
-    try:
-        yield calls
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-    if calls:
-        raise AssertionError("host syncs inside the update loop: " + "; ".join(sorted(set(calls))))
 
 
 def check_no_sync(trainer) -> None:

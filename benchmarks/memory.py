@@ -99,8 +99,7 @@ def _rss_mb() -> tuple[float, float]:
 def child(path: Path, updates: int) -> dict:
     import torch
 
-    from odt.config import OptimConfig
-    from odt.model import ModelConfig
+    from odt.config import ModelConfig, OptimConfig
     from odt.replay import TrajectoryReplayBuffer
     from odt.trainer import ODTTrainer
 

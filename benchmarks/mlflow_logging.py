@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_most, synthetic_trajectories
-from odt.config import FinetuneConfig
+from odt.checkpoint import save_policy
+from odt.config import FinetuneConfig, ModelConfig
 from odt.loops import finetune
-from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import ODTTrainer
 
@@ -86,7 +86,7 @@ def finetune_once(tracker, run_key: str, workdir: Path, *, model: ModelConfig, c
     curve = workdir / f"{run_key}-curve.csv"
     curve.write_text("round,online_samples,eval_return\n" + "".join(
         f"{h['round']},{h['online_samples']},{h['eval_return']}\n" for h in run.evaluations))
-    policy = run.trainer.save_policy(workdir / f"{run_key}-policy.pt", cfg)
+    policy = save_policy(workdir / f"{run_key}-policy.pt", run.trainer, cfg)
     with mlflow_time():
         logger.inner.log_summary({"online_return": run.final["eval_return"]}, step=run.trainer.num_updates)
         tracker.log_artifacts(child, [curve, policy])

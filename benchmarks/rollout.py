@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_least, interleaved
-from odt.config import EvalConfig
+from odt.config import EvalConfig, ModelConfig
 from odt.evaluation import cuda_graph_policy, rollout
-from odt.model import DecisionTransformer, ModelConfig
+from odt.model import DecisionTransformer
 
 TARGET = 0.70
 SMALL = dict(embed_dim=128, n_layer=3, n_head=1)

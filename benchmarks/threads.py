@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, interleaved, synthetic_trajectories
-from odt.config import PretrainConfig
-from odt.model import ModelConfig
+from odt.config import ModelConfig, PretrainConfig
 from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import ODTTrainer
 

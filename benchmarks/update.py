@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_most, interleaved, synthetic_trajectories
-from odt.config import OptimConfig
+from odt.config import ModelConfig, OptimConfig
 from odt.losses import TanhNormal, policy_loss
-from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import ODTTrainer
+from odt.update_graph import to_device
 
 TARGET = 1.10
 CONFIGS = {  # name: (embed_dim, n_layer, n_head)
@@ -44,7 +44,8 @@ def make_trainer(
 
 def bare_step_fn(trainer: ODTTrainer):
     """Forward, policy loss, backward, LAMB step on one fixed batch already on the device."""
-    batch = trainer._to_device(trainer.buffer.sample(trainer.optim.batch_size, trainer.model_cfg.context_len, trainer.rng))
+    batch = to_device(trainer._sample(), trainer.device)
+    batch["states"] = (batch["states"] - trainer._mean_t) / trainer._std_t  # normalised, as the update's first line does
     model, opt, dev = trainer.model, trainer.optimizer, trainer.device
     temperature = trainer.temperature.detach()
 

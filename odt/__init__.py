@@ -14,14 +14,16 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "odt.checkpoint": ("load_policy", "save_policy"),
     "odt.config": ("ConfigError", "EvalConfig", "FinetuneConfig", "ModelConfig", "OptimConfig", "PretrainConfig"),
     "odt.data": ("Trajectory", "returns_to_go"),
     "odt.evaluation": ("RolloutResult", "evaluate", "rollout", "score"),
     "odt.logger": ("Logger", "MemoryLogger", "NullLogger"),
-    "odt.loops": ("Run", "finetune", "pretrain"),
+    "odt.loops": ("finetune", "pretrain"),
     "odt.model": ("DecisionTransformer",),
     "odt.replay": ("Batch", "TrajectoryReplayBuffer"),
-    "odt.trainer": ("ODTTrainer", "load_policy"),
+    "odt.runs": ("Run",),
+    "odt.trainer": ("ODTTrainer",),
 }
 
 

@@ -9,8 +9,8 @@ results (odt.loops.Run.scores plus `seed`) or of seed curves (Run.evaluations).
 from __future__ import annotations
 
 import csv
-import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +46,6 @@ def load_paper(path: Path = PAPER_TABLE) -> dict[str, dict[str, float]]:
     """dataset -> column -> the paper's value (nan where Table 5.1 has none)."""
     with open(path, newline="") as f:
         return {r.pop("dataset"): {k: float(v) if v else math.nan for k, v in r.items()} for r in csv.DictReader(f)}
-
-
-def read_seeds(directory: Path, seeds: int) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
-    """Seeds 0..seeds-1's results and curves: directory/seed_<k>/result.json and curve.csv (Run.write_curve)."""
-    results, seed_curves = [], []
-    for seed in range(seeds):
-        seed_dir = Path(directory) / f"seed_{seed}"
-        if not (seed_dir / "result.json").is_file():
-            raise FileNotFoundError(f"{seed_dir / 'result.json'} is missing: seed {seed} did not finish")
-        results.append(json.loads((seed_dir / "result.json").read_text()))
-        seed_curves.append(curves.read_csv(seed_dir / "curve.csv"))
-    return results, seed_curves
 
 
 def baseline_tasks(name: str, tasks: list[str]) -> list[str]:
@@ -105,15 +93,15 @@ def online_curves(task_curves: dict[str, list], budget: int) -> list[Row]:
     return rows
 
 
-def pretrain_curve(seed_curves: list[list[dict[str, float]]]) -> list[Row]:
+def pretrain_curve(seed_curves: list[list[dict[str, float]]], *, columns: int = 0) -> list[Row]:
     """Every seed's evaluations during pretraining (they fall on the same update counts) and their mean.
 
-    Columns seed_0 .. seed_9 always exist (empty where there are fewer seeds): `dvc plots` names them.
+    Columns seed_0 .. seed_<k> for every seed, and at least `columns` of them (empty beyond the seeds there are).
     """
     rows = []
     for points in zip(*seed_curves):
         values = np.array([p["eval_normalized"] for p in points])
-        per_seed = {f"seed_{k}": float(values[k]) if k < len(values) else "" for k in range(max(10, len(values)))}
+        per_seed = {f"seed_{k}": float(values[k]) if k < len(values) else "" for k in range(max(columns, len(values)))}
         rows.append({"updates": points[0]["updates"], "mean": float(values.mean()), "std": float(values.std()),
                      "seeds": len(values), **per_seed})
     return rows
@@ -121,7 +109,7 @@ def pretrain_curve(seed_curves: list[list[dict[str, float]]]) -> list[Row]:
 
 def plot_online(path: Path, task_curves: dict[str, list], row: Row, *, title: str, paper: bool = False) -> Path:
     """Figure E.1 for one task: ODT, IQL and SAC vs online samples (mean, std band), DT and ODT pretrained as levels;
-    with `paper`, the paper's ODT online level too (where it compares: the paper profile)."""
+    with `paper`, the paper's ODT online level too (where the numbers compare with the paper's)."""
     series = {LABELS[col]: curves.aggregate(task_curves[source], row["online_samples"])
               for col, source in ONLINE.items() if source in task_curves}
     levels = {"ODT pretrained (ours)": row["odt_offline_mean"], "DT (ours)": row["dt_mean"]}
@@ -157,14 +145,15 @@ def pattern(r: Row) -> str:
     return "; ".join(parts) or "n/a"
 
 
-def markdown(rows: list[Row], *, profile: str, seeds: int) -> str:
+def markdown(rows: list[Row], *, setting: str, seeds: int, notes: Sequence[str] = ()) -> str:
     """The report: Table 5.1 (scores' keys, and a row's task, online_samples, sac_from, {pretrain,finetune}_{lr,wd,
-    hparams}), pretraining's best vs final, the learning rates and where they came from."""
+    hparams}), pretraining's best vs final, the learning rates and where they came from; `setting` names what the
+    numbers were produced with, and each of `notes` is a paragraph at the end."""
     cols = list(TITLES)
     lines = [
         "# Table 5.1, ours beside the paper's",
         "",
-        f"Profile `{profile}`. Normalized return (D4RL scale, 100 = expert), mean ± std over {seeds} seeds; "
+        f"{setting}. Normalized return (D4RL scale, 100 = expert), mean ± std over {seeds} seeds; "
         "the paper's value in parentheses (10 seeds, 200k online samples). A seed is a whole run: ODT seed k pretrains "
         "with seed k and finetunes that checkpoint with seed k; DT and IQL train offline with seed k; IQL then "
         "finetunes, SAC learns from scratch, both for the online budget, one update per environment step. Offline: "
@@ -188,9 +177,6 @@ def markdown(rows: list[Row], *, profile: str, seeds: int) -> str:
               "| task | pretrain lr | pretrain wd | from | finetune lr | finetune wd | from |", "|---|---:|---:|---|---:|---:|---|"]
     lines += [f"| {r['task']} | {r['pretrain_lr']:g} | {r['pretrain_wd']:g} | {r['pretrain_hparams']} | {r['finetune_lr']:g} "
               f"| {r['finetune_wd']:g} | {r['finetune_hparams']} |" for r in rows]
-    if profile != "paper":
-        lines += ["", f"Profile `{profile}` uses generated data, small models and a small online budget: "
-                      "the numbers are honest for that setting but not comparable with the paper's."]
-    lines += ["", "Learning curves: `reports/plots/<task>.png` (data: `reports/curves/<task>.csv`); pretraining: "
-                  "`reports/plots/<task>-pretrain.png` (`reports/pretrain_curves/<task>.csv`).", ""]
-    return "\n".join(lines)
+    for note in notes:
+        lines += ["", note]
+    return "\n".join([*lines, ""])

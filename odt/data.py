@@ -1,9 +1,7 @@
 """Trajectories: the unit of data everywhere in odt (datasets, replay buffer, rollouts)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -58,30 +56,3 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
     """g_t = sum_{j>=t} r_j (undiscounted, raw scale), float32."""
     r = np.asarray(rewards, dtype=np.float64)
     return np.cumsum(r[::-1])[::-1].astype(np.float32)
-
-
-def state_stats(trajectories: list[Trajectory], eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of observations over all transitions: the offline data's normaliser."""
-    n = sum(len(t) for t in trajectories)
-    dim = trajectories[0].observations.shape[1]
-    total = np.zeros(dim, dtype=np.float64)
-    total_sq = np.zeros(dim, dtype=np.float64)
-    for t in trajectories:  # streaming: never concatenates the dataset
-        total += t.observations.sum(axis=0, dtype=np.float64)
-        total_sq += np.square(t.observations, dtype=np.float64).sum(axis=0)
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0)) + eps
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-Data = Union[Sequence[Trajectory], str, os.PathLike]  # trajectories, or a D4RL-layout HDF5 file of them
-
-
-def trajectories(data: Data, task: str | None = None) -> Sequence[Trajectory]:
-    """`data` as trajectories: as given, or read from a D4RL-layout HDF5 file (`task` picks AntMaze's episode split
-    and checks the dims; odt.datasets.hdf5)."""
-    if not isinstance(data, (str, os.PathLike)):
-        return data
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
-
-    return load_d4rl_hdf5(data, task=task)

@@ -1,9 +1,16 @@
 """What the loops tell the outside world: a small interface that MLflow, Optuna or a notebook plug into.
 
-`step` is always the number of gradient updates so far (the trainer's `num_updates`), in
-both phases; finetuning rows also carry `online_samples`. A loop resumed from a checkpoint
-logs again the steps after that checkpoint, with the same values: a logger that keeps
-history drops the steps it already has (as pipeline/tracking.py's MLflow adapter does).
+`step` is a run's clock: it grows from row to row (one row per step), and it is the number of
+gradient updates so far (the learner's `num_updates`, `Run.num_updates` at the end) in every
+loop that updates as it goes: ODT's pretraining and finetuning (odt/loops.py) and IQL, whose
+online phase makes one update per environment step (odt/baselines/iql.py). SAC's first tenth
+of its budget takes random actions and makes no update, so its rows would share step 0 there;
+SAC steps by environment steps instead (odt/baselines/sac.py), and its rows carry `updates`.
+Every online row carries `online_samples`, the x on which the algorithms' curves compare.
+
+A loop resumed from a checkpoint logs again the steps after that checkpoint, with the same
+values: a logger that keeps history drops the steps it already has (as pipeline/tracking.py's
+MLflow adapter does), which is why a step must grow from row to row.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 policy loss       J(theta) - lambda * H          (lambda held fixed)
 temperature loss  lambda * (H - beta)            (H held fixed; dual descent on log lambda)
+
+Beside them, `health`: what a collapse shows first, from the same tensors, logged with every update.
 """
 from __future__ import annotations
 
@@ -86,3 +88,21 @@ def temperature_loss(log_temperature: torch.Tensor, entropy: torch.Tensor, targe
 def deterministic_loss(pred_actions: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The DT ablation: mean squared error on actions."""
     return masked_mean((pred_actions - actions).pow(2).mean(-1), mask)
+
+
+@torch.no_grad()
+def health(mean: torch.Tensor, log_std: torch.Tensor | None, actions: torch.Tensor, mask: torch.Tensor | None,
+           trust_ratios: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """What a collapse shows first, as device tensors: the policy's spread and mean, the data at the clamp,
+    LAMB's trust ratios (min/median/max over tensors; None: an optimiser without them)."""
+    m = torch.ones(mean.shape[:2], device=mean.device) if mask is None else mask
+    weight = (m / m.sum()).unsqueeze(-1)  # over real tokens only
+    out = {"mean_abs": (mean.abs() * weight).sum() / mean.shape[-1],
+           "actions_at_clamp": ((actions.abs() >= 1.0 - 1e-3).float() * weight).sum() / actions.shape[-1]}
+    if log_std is not None:
+        per_dim = (log_std * weight).sum((0, 1))  # (act_dim,): mean log-std of each action dim
+        out |= {"log_std_mean": per_dim.mean(), "log_std_min": per_dim.min()}
+    if trust_ratios is not None:
+        out |= {"trust_ratio_min": trust_ratios.min(), "trust_ratio_median": trust_ratios.median(),
+                "trust_ratio_max": trust_ratios.max()}
+    return out

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from odt.config import ModelConfig  # noqa: F401 (odt.model.ModelConfig, as before)
+from odt.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
@@ -101,9 +101,6 @@ class DecisionTransformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self,

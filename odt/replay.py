@@ -86,7 +86,8 @@ class TrajectoryReplayBuffer:
             row += n
         return table
 
-    def _set_storage(self, table: np.ndarray, *, terminals: np.ndarray, lengths: np.ndarray, obs_dim: int | None = None) -> None:
+    def _set_storage(self, table: np.ndarray, *, terminals: np.ndarray, lengths: np.ndarray,
+                     obs_dim: int | None = None) -> None:
         self._table = np.ascontiguousarray(table, dtype=np.float32)
         self.terminals = np.ascontiguousarray(terminals, dtype=bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -126,10 +127,6 @@ class TrajectoryReplayBuffer:
     @property
     def trajectories(self) -> list[Trajectory]:
         return [self.trajectory(i) for i in range(len(self))]
-
-    @property
-    def episode_returns(self) -> np.ndarray:
-        return np.add.reduceat(self.rewards.astype(np.float64), self.starts)
 
     def add(self, trajectories: Sequence[Trajectory]) -> None:
         """Append new trajectories, dropping the oldest beyond capacity (one copy per call)."""

@@ -98,27 +98,20 @@ def load_or_exit(path: str | Path, task: str | None = None):
     return params, plans.get(task) if task else None
 
 
-def stage_main(argv: list[str] | None, *, doc: str, stage: str, run_stage: Callable[..., dict[str, Any]],
-               fields: tuple[str, ...], root_help: str = "repository root (data/, runs/ and mlflow.db live there)") -> int:
-    """A seeds stage's command: --task, --params, --root, --no-track, then `run_stage(plan, params, root=..., track=...)`.
-
-    Prints the summary's `fields` as one line of JSON. Bad input is one `error:` line and
-    exit 2; a failed run (or seed) exits 1; Ctrl-C exits 130.
-    """
-    from pipeline.seeds import SeedsFailed  # noqa: PLC0415
-
+def stage_args(stage: str, doc: str, argv: list[str] | None,
+               root_help: str = "repository root (data/, runs/ and mlflow.db live there)") -> argparse.Namespace:
+    """A seeds stage's flags: --task, --params, --root, --no-track; a bad one is one `error:` line and exit 2."""
     ap = Parser(prog=f"python -m pipeline.{stage}", description=doc.strip().splitlines()[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--root", default=".", help=root_help)
+    ap.add_argument("--root", default=".", type=Path, help=root_help)
     ap.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    def body() -> dict[str, Any]:
-        params, plan = load_or_exit(args.params, args.task)
-        return run_stage(plan, params, root=Path(args.root), track=not args.no_track)
 
-    code, out = run_guarded(f"{stage} {args.task}", body, failed=(SeedsFailed,), bad=bad_input())
+def print_summary(code: int, out: dict[str, Any] | None, fields: tuple[str, ...]) -> int:
+    """A seeds stage's end (run_guarded's exit code and pipeline.seeds.run's value): on success, the summary's
+    `fields` as one line of JSON. Returns the exit code."""
     if code == 0:
         print(json.dumps({k: out["summary"][k] for k in fields}))
     return code

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-from pipeline import paths
+from pipeline import cli, jobs, seeds
 from pipeline.params import Params, TaskPlan
-from pipeline.pretrain import run_seeds
+
+FIELDS = ("task", "seeds", "offline_mean", "offline_std")  # the summary's keys the command prints
 
 
-def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
+    """Every seed trains the task's `dt` model with its `dt.train` block, from the fetched dataset."""
     cfg = plan.baseline("dt")
     hparams = {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "source": "params"}
-    return run_seeds("dt", plan, params, plan.dt_model, cfg, root=Path(root).resolve(), track=track, hparams=hparams,
-                     **parallel)
+    return jobs.pretrain_stage(jobs.Setup("dt", plan, cfg, params.device, Path(root).resolve(), hparams), params)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import stage_main  # noqa: PLC0415
+    args = cli.stage_args("dt", __doc__, argv)
 
-    return stage_main(argv, doc=__doc__, stage="dt", run_stage=run_stage,
-                      fields=("task", "seeds", "offline_mean", "offline_std"))
+    def body():
+        params, plan = cli.load_or_exit(args.params, args.task)
+        return seeds.run(stage(plan, params, root=args.root), track=not args.no_track)
+
+    code, out = cli.run_guarded(f"dt {args.task}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
+    return cli.print_summary(code, out, FIELDS)
 
 
 if __name__ == "__main__":

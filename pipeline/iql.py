@@ -12,39 +12,34 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Any
 
-from pipeline import caching, paths, seeds
+from pipeline import caching, cli, jobs, paths, seeds
 from pipeline.params import Params, TaskPlan
 
-FILES = ("curve.csv", "result.json")
+FIELDS = ("task", "seeds", "offline_mean", "online_mean", "delta")  # the summary's keys the command prints
 
 
-def iql_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
-    from odt.baselines.iql import iql  # noqa: PLC0415
-
-    run = iql(paths.dataset(root, plan.name), plan.iql, plan.env_fn(root), task=plan.name, seed=seed,
-              device=params.device, logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
-    run.write_curve(seed_dir / "curve.csv")
-    (seed_dir / "state.pt").unlink()  # the replay buffer makes it large
-    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer.updates}
-
-
-def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
+    """Every seed trains IQL with the task's `iql` block on the fetched dataset, then online."""
     root = Path(root).resolve()
     cfg = plan.baseline("iql")
     key = {"stage": "iql", "task": plan.name, "iql": cfg.model_dump(), "env_version": params.env_version,
            "data_sha256": caching.file_sha(paths.existing_dataset(root, plan.name)), "code_sha256": caching.code_sha()}
-    return seeds.stage("iql", plan, params, root=root, key=key, job=functools.partial(iql_seed, plan, params, root=root),
-                       files=FILES, step=cfg.online_samples, track=track,
-                       extra=lambda results: {"online_samples": cfg.online_samples}, **parallel)
+    return seeds.Stage("iql", plan.name, params, root, key=key,
+                       job=functools.partial(jobs.iql, jobs.Setup("iql", plan, cfg, params.device, root)),
+                       files=("curve.csv", "result.json"), step=cfg.online_samples,
+                       extra=lambda results: {"online_samples": cfg.online_samples})
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import stage_main  # noqa: PLC0415
+    args = cli.stage_args("iql", __doc__, argv)
 
-    return stage_main(argv, doc=__doc__, stage="iql", run_stage=run_stage,
-                      fields=("task", "seeds", "offline_mean", "online_mean", "delta"))
+    def body():
+        params, plan = cli.load_or_exit(args.params, args.task)
+        return seeds.run(stage(plan, params, root=args.root), track=not args.no_track)
+
+    code, out = cli.run_guarded(f"iql {args.task}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
+    return cli.print_summary(code, out, FIELDS)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,21 @@ def pretrained(root: Path, task: str, seed: int) -> Path:
     return run_dir(root, task, "pretrain") / f"seed_{seed}" / "checkpoint.pt"
 
 
+def existing_checkpoints(root: Path, task: str, seeds: int) -> list[Path]:
+    """pretrained() of seeds 0..seeds-1, checked once, before any seed or MLflow run starts: missing
+    (FileNotFoundError) or damaged (CheckpointError) is one line naming it."""
+    from odt.checkpoint import check_checkpoint  # noqa: PLC0415
+
+    checkpoints = [pretrained(root, task, s) for s in range(seeds)]
+    missing = [c for c in checkpoints if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"pretrained checkpoint {missing[0]} does not exist; "
+                                f"run `dvc repro pretrain@{task}` first")
+    for c in checkpoints:
+        check_checkpoint(c, how=f"restore it with `dvc checkout pretrain@{task}` or `dvc repro -f pretrain@{task}`")
+    return checkpoints
+
+
 def work_root(root: Path, task: str) -> Path:
     """Resumable state; not a DVC output, so a rerun of the stage finds it after DVC cleans the outputs."""
     return Path(root) / ".cache" / "work" / task

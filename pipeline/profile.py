@@ -23,9 +23,8 @@ from odt.comparison import baseline_tasks
 from odt.config import ConfigError, format_validation_error
 from odt.tasks import unknown_task
 from pipeline.cli import Parser, fail, run_guarded
-from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, _Strict, parse_params,
-                             plan_task, read_yaml)
-from pipeline.tuning import TuneParams, tuned_path
+from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, TuneParams, _Strict,
+                             parse_params, plan_task, read_yaml, tuned_path)
 from pipeline.paths import ROOT
 
 HEADER = """\
@@ -98,15 +97,32 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
     return out
 
 
+def read_profile(name: str, root: Path = ROOT, seen: tuple[str, ...] = ()) -> Any:
+    """profiles/<name>.yaml as a mapping; `extends: <base>` merges it over the base profile (mappings key by key,
+    lists and values replaced), keeping the base's overrides only for the tasks it still lists."""
+    path = Path(root) / "profiles" / f"{name}.yaml"
+    if not path.is_file():
+        where = f"profiles/{seen[-1]}.yaml: extends: " if seen else ""
+        raise ConfigError(f"{where}unknown profile '{name}' (choose from: {', '.join(profiles(root))})")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    if name in seen or raw["extends"] in (*seen, name):
+        chain = " -> ".join((*seen, name, str(raw["extends"])))
+        raise ConfigError(f"profiles/{name}.yaml: extends: '{raw['extends']}' makes a cycle ({chain})")
+    base = read_profile(str(raw["extends"]), root, (*seen, name))
+    merged = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
+    tasks = set(merged.get("tasks") or [])
+    merged["overrides"] = {t: o for t, o in (merged.get("overrides") or {}).items() if t in tasks}
+    return merged
+
+
 def profiles(root: Path = ROOT) -> list[str]:
     return sorted(p.stem for p in (Path(root) / "profiles").glob("*.yaml"))
 
 
 def render(name: str, *, root: Path = ROOT, use_tuned: bool | None = None) -> str:
-    path = Path(root) / "profiles" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown profile '{name}' (choose from: {', '.join(profiles(root))})")
-    params = resolve(name, read_yaml(path), use_tuned=use_tuned)
+    params = resolve(name, read_profile(name, root), use_tuned=use_tuned)
     flag = " --use-tuned" if params["use_tuned"] else ""
     return HEADER.format(name=name, flag=flag) + yaml.safe_dump(params, sort_keys=False, width=120)
 

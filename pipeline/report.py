@@ -15,6 +15,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,6 +24,30 @@ from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
 from pipeline import cli, paths
 from pipeline.params import Params, plan_task
+
+
+PRETRAIN_COLUMNS = 10  # reports/pretrain_curves/<task>.csv always has seed_0 .. seed_9: dvc.yaml's plots name them
+
+
+def read_seeds(directory: Path, seeds: int) -> tuple[list[dict[str, Any]], list[list[dict[str, float]]]]:
+    """Seeds 0..seeds-1's results and curves, as a stage published them: directory/seed_<k>/result.json, curve.csv."""
+    results, seed_curves = [], []
+    for seed in range(seeds):
+        seed_dir = Path(directory) / f"seed_{seed}"
+        if not (seed_dir / "result.json").is_file():
+            raise FileNotFoundError(f"{seed_dir / 'result.json'} is missing: seed {seed} did not finish")
+        results.append(json.loads((seed_dir / "result.json").read_text()))
+        seed_curves.append(curves.read_csv(seed_dir / "curve.csv"))
+    return results, seed_curves
+
+
+def notes(profile: str) -> list[str]:
+    """results.md's closing paragraphs: whether its numbers compare with the paper's, and where the curves are."""
+    caveat = [] if profile == "paper" else [
+        f"Profile `{profile}` uses generated data, small models and a small online budget: "
+        "the numbers are honest for that setting but not comparable with the paper's."]
+    return [*caveat, "Learning curves: `reports/plots/<task>.png` (data: `reports/curves/<task>.csv`); pretraining: "
+                     "`reports/plots/<task>-pretrain.png` (`reports/pretrain_curves/<task>.csv`)."]
 
 
 def stage_of(params: Params, stage: str, task: str) -> str | None:
@@ -42,7 +67,7 @@ def collect(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, dict[st
         for stage in ("pretrain", "finetune", "dt", "iql", "sac"):
             if (source := stage_of(params, stage, task)) is not None:
                 try:
-                    loaded[stage] = comparison.read_seeds(paths.run_dir(root, source, stage), params.seeds)
+                    loaded[stage] = read_seeds(paths.run_dir(root, source, stage), params.seeds)
                 except FileNotFoundError as err:
                     raise ConfigError(f"{err}; run `dvc repro {stage}@{source}`") from None
         all_curves[task] = {stage: c for stage, (_, c) in loaded.items()}
@@ -72,7 +97,8 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
         curve_dir, pre_dir, plot_dir = (outputs.enter_context(atomic_dir(reports / name))
                                         for name in ("curves", "pretrain_curves", "plots"))
         csv.write_text(results.to_csv(index=False, float_format="%.4f"))
-        md.write_text(comparison.markdown(records, profile=params.profile, seeds=params.seeds))
+        md.write_text(comparison.markdown(records, setting=f"Profile `{params.profile}`", seeds=params.seeds,
+                                          notes=notes(params.profile)))
         metrics_json.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         for r in records:
             task, task_curves = r["task"], all_curves[r["task"]]
@@ -81,7 +107,7 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
             # the paper's level is drawn where it compares (the paper profile); elsewhere it squashes the curves
             comparison.plot_online(plot_dir / f"{task}.png", task_curves, r, title=f"{task} ({params.profile} profile)",
                                    paper=params.profile == "paper")
-            pre = comparison.pretrain_curve(task_curves["pretrain"])
+            pre = comparison.pretrain_curve(task_curves["pretrain"], columns=PRETRAIN_COLUMNS)
             curves.write_csv(pre_dir / f"{task}.csv", pre, list(pre[0]))
             comparison.plot_pretrain(plot_dir / f"{task}-pretrain.png", pre, params.seeds,
                                      title=f"{task}: ODT pretraining, evaluated on the way")

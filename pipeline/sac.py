@@ -12,40 +12,34 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Any
 
-from pipeline import caching, paths, seeds
+from pipeline import caching, cli, jobs, seeds
 from pipeline.params import Params, TaskPlan
 
-FILES = ("curve.csv", "result.json")
+FIELDS = ("task", "seeds", "online_mean", "online_std")  # the summary's keys the command prints
 
 
-def sac_seed(plan: TaskPlan, params: Params, seed: int, seed_dir: Path, logger, *, root: Path) -> dict[str, Any]:
-    from odt.baselines.sac import sac  # noqa: PLC0415
-
-    run = sac(plan.sac, plan.env_fn(root), task=plan.name, seed=seed, device=params.device, logger=logger,
-              checkpoint=seed_dir / "state.pt", progress=False)
-    run.write_curve(seed_dir / "curve.csv")
-    (seed_dir / "state.pt").unlink()
-    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.trainer._n_updates}
-
-
-def run_stage(plan: TaskPlan, params: Params, *, root: Path = paths.ROOT, track: bool = True, **parallel) -> dict[str, Any]:
+def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
+    """Every seed trains SAC with the task's `sac` block, in the task's environment."""
     root = Path(root).resolve()
     cfg = plan.baseline("sac")
     key = {"stage": "sac", "task": plan.name, "sac": cfg.model_dump(), "env_version": params.env_version,
            "code_sha256": caching.code_sha()}
-    return seeds.stage("sac", plan, params, root=root, key=key, job=functools.partial(sac_seed, plan, params, root=root),
-                       files=FILES, step=cfg.online_samples, track=track,
-                       extra=lambda results: {"online_samples": cfg.online_samples}, **parallel)
+    return seeds.Stage("sac", plan.name, params, root, key=key,
+                       job=functools.partial(jobs.sac, jobs.Setup("sac", plan, cfg, params.device, root)),
+                       files=("curve.csv", "result.json"), step=cfg.online_samples,
+                       extra=lambda results: {"online_samples": cfg.online_samples})
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import stage_main  # noqa: PLC0415
+    args = cli.stage_args("sac", __doc__, argv, root_help="repository root (runs/ and mlflow.db live there)")
 
-    return stage_main(argv, doc=__doc__, stage="sac", run_stage=run_stage,
-                      fields=("task", "seeds", "online_mean", "online_std"),
-                      root_help="repository root (runs/ and mlflow.db live there)")
+    def body():
+        params, plan = cli.load_or_exit(args.params, args.task)
+        return seeds.run(stage(plan, params, root=args.root), track=not args.no_track)
+
+    code, out = cli.run_guarded(f"sac {args.task}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
+    return cli.print_summary(code, out, FIELDS)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Optuna studies: storage (sqlite, journal, any RDB), the seeded sampler, the pruner, workers that died.
+"""Optuna studies: storage (sqlite, journal, any RDB), the seeded sampler, the pruner, workers that died, and what a
+study leaves.
 
 A study `<task>-<phase>` lives in `tune.storage`, so several workers on one or more
 machines can run it at once and a rerun adds trials to it. A trial whose worker was
 killed is marked FAIL (RDB heartbeat; a same-host dead-process check for every storage).
+What it leaves: reports/tune/<task>-<phase>.json (best values, every trial; what
+`use_tuned: true` reads, pipeline.params.read_tuned) and two plots beside it.
 """
 from __future__ import annotations
 
@@ -12,12 +15,15 @@ import socket
 import sys
 import time
 import uuid
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odt.config import ConfigError
+from odt.curves import save_figure
 from odt.lock import file_lock
-from pipeline.tuning import TUNABLE, TuneParams
+from pipeline.params import TUNABLE, Params, TaskPlan, TuneParams
 
 DIRECTION = "maximize"
 METRIC = "eval_normalized"  # the objective's name in optuna-dashboard: the final normalized return
@@ -29,6 +35,34 @@ DRIVERS = {"postgresql": "'psycopg[binary]==3.3.9'", "mysql": "PyMySQL"}
 
 class StudyError(ConfigError):
     """Bad storage, a study at odds with params.yaml, or a missing input: exit 2."""
+
+
+class NoCompleteTrial(RuntimeError):
+    """Every trial was pruned or failed: nothing to write, exit 1."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a trial trains: `amount` pretraining updates, evaluated every `eval_every`, or `amount` online samples."""
+
+    phase: str  # pretrain or finetune
+    amount: int
+    eval_every: int = 0  # finetuning evaluates where its rounds end
+
+    @classmethod
+    def of(cls, plan: TaskPlan, tune: TuneParams, phase: str) -> "Budget":
+        """params.yaml `tune`'s budget for the phase, else the task's own; by default a pretrain trial evaluates 5
+        times."""
+        if phase == "finetune":
+            return cls(phase, tune.online_samples or plan.finetune.online_samples)
+        budget = tune.pretrain_updates or plan.pretrain.pretrain_updates
+        log_every = plan.pretrain.log_every
+        return cls(phase, budget, tune.eval_every or plan.pretrain.eval_every
+                   or max(log_every, budget // 5 // log_every * log_every))
+
+    @property
+    def unit(self) -> str:
+        return "updates" if self.phase == "pretrain" else "online samples"
 
 
 # storage -------------------------------------------------------------------------------------
@@ -140,26 +174,26 @@ def make_sampler(seed: int):
     return TrialSeededTPE()
 
 
-def make_pruner(tune: TuneParams, phase: str, budget: int, eval_every: int):
+def make_pruner(tune: TuneParams, budget: Budget):
     import optuna  # noqa: PLC0415
 
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=0)
     if tune.pruner == "hyperband":  # resource: updates (pretrain) or evaluations (finetune)
-        if phase == "pretrain":
-            return optuna.pruners.HyperbandPruner(min_resource=min(eval_every, budget), max_resource=budget,
-                                                  reduction_factor=3)
+        if budget.phase == "pretrain":
+            return optuna.pruners.HyperbandPruner(min_resource=min(budget.eval_every, budget.amount),
+                                                  max_resource=budget.amount, reduction_factor=3)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
-def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, budget: int, eval_every: int):
+def load_study(name: str, storage, label: str, tune: TuneParams, budget: Budget):
     """Create or continue the study; the search space it was created with must be params.yaml's."""
     import optuna  # noqa: PLC0415
 
     study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
                                 sampler=make_sampler(tune.sampler_seed),
-                                pruner=make_pruner(tune, phase, budget, eval_every))
+                                pruner=make_pruner(tune, budget))
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise StudyError(f"study '{name}' in {label} minimizes; the objective here is maximized: use another --study")
     space = search_space(tune)
@@ -173,7 +207,7 @@ def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, bud
             f"study '{name}' in {label} searches {_describe(attrs[SPACE_ATTR])} but params.yaml tune has "
             f"{_describe(space)}; restore those ranges, or start another study with --study NAME "
             f"(or delete it: optuna delete-study --study-name {name} --storage {label})")
-    objective = {"budget": budget, "eval_every": eval_every, "pruner": tune.pruner}
+    objective = {"budget": budget.amount, "eval_every": budget.eval_every, "pruner": tune.pruner}
     if attrs.get(OBJECTIVE_ATTR, objective) != objective:
         print(f"note: study '{name}' ran earlier trials with {attrs[OBJECTIVE_ATTR]}, now {objective}; "
               "their values may not compare (--study NAME starts a fresh study)", file=sys.stderr)
@@ -181,10 +215,9 @@ def load_study(name: str, storage, label: str, tune: TuneParams, phase: str, bud
     return study
 
 
-def annotate(optuna_study, task: str, phase: str, budget: int) -> None:
+def annotate(optuna_study, task: str, budget: Budget) -> None:
     """What optuna-dashboard shows beside the trials: task, phase, budget and the objective's name."""
-    unit = "updates" if phase == "pretrain" else "online samples"
-    attrs = {"odt.task": task, "odt.phase": phase, "odt.budget": f"{budget} {unit}"}
+    attrs = {"odt.task": task, "odt.phase": budget.phase, "odt.budget": f"{budget.amount} {budget.unit}"}
     for key, value in attrs.items():
         if optuna_study.user_attrs.get(key) != value:
             optuna_study.set_user_attr(key, value)
@@ -221,3 +254,77 @@ def fail_dead_trials(study) -> list[int]:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
     return failed
+
+
+# what it leaves ------------------------------------------------------------------------------
+def summarize(study, plan: TaskPlan, params: Params, label: str, budget: Budget) -> dict:
+    """reports/tune/<task>-<phase>.json without its plots: the best values, the study's settings, every trial."""
+    import optuna  # noqa: PLC0415
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    if not complete:
+        raise NoCompleteTrial(f"no trial of study '{study.study_name}' completed ({states['PRUNED']} pruned, "
+                           f"{states['FAIL']} failed); widen tune ranges, raise the budget or set tune.pruner: none")
+    best = study.best_trial
+    phase = budget.phase
+    base = getattr(plan, phase)
+    return {
+        "task": plan.name,
+        "phase": phase,
+        "best_params": {k: float(best.params[k]) for k in TUNABLE},
+        "best_value": float(best.value),
+        "best_trial": best.number,
+        "n_trials": len(trials),
+        "states": {k: v for k, v in states.items() if v},
+        "objective": f"eval normalized return after {budget.amount} {budget.unit}"
+                     f"{' (seed 0, from runs/' + plan.name + '/pretrain/checkpoint.pt)' if phase == 'finetune' else ''}",
+        "direction": DIRECTION,
+        "budget": budget.amount,
+        "eval_every": budget.eval_every or None,
+        "study": study.study_name,
+        "storage": label,
+        "search_space": search_space(params.tune),
+        "sampler": f"TPE, seed {params.tune.sampler_seed} + trial number",
+        "pruner": params.tune.pruner,
+        "params_yaml_values": {k: getattr(base, k) for k in TUNABLE},
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                    "last_step": t.last_step} for t in trials],
+    }
+
+
+def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str, float] | None, str | None]:
+    """Optimization history and parameter importances (fANOVA, seeded) as PNG; importances need 2 completed trials."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import optuna  # noqa: PLC0415
+    from optuna.visualization import matplotlib as ovm  # noqa: PLC0415
+
+    history, importance = out.with_name(out.stem + "-history.png"), out.with_name(out.stem + "-importance.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's matplotlib plots are flagged experimental
+        ax = ovm.plot_optimization_history(study)
+        ax.set_title(f"{title}: optimization history")
+        save_figure(ax.figure, history, dpi=100, bbox_inches="tight")
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        importances, note = None, None
+        if len(complete) >= 2:
+            try:
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+                importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+                ax = ovm.plot_param_importances(study, evaluator=evaluator)
+                ax.set_title(f"{title}: parameter importances (fANOVA)")
+                save_figure(ax.figure, importance, dpi=100, bbox_inches="tight")
+            except (RuntimeError, ValueError) as err:
+                note = f"parameter importances unavailable: {first_line(err)}"
+        else:
+            note = f"parameter importances need at least 2 completed trials (have {len(complete)})"
+        if note:
+            fig, ax = plt.subplots(figsize=(6, 2))
+            ax.axis("off")
+            ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+            save_figure(fig, importance, dpi=100, bbox_inches="tight")
+    return {"history": str(history), "importance": str(importance)}, importances, note

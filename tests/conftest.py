@@ -7,7 +7,7 @@ import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py, finetune_stage.py, killed_writer.py, ...
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +53,8 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
 
     import yaml
 
-    from helpers import FT_SEEDS, FT_TASK
-    from pipeline import paths, pretrain
+    from finetune_stage import FT_SEEDS, FT_TASK
+    from pipeline import paths, pretrain, seeds
     from pipeline.params import load_params
     from pipeline.profile import render
 
@@ -66,7 +66,7 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     (root / "data" / FT_TASK).mkdir(parents=True)
     shutil.copy(hopper_random_hdf5, paths.dataset(root, FT_TASK))
     params, plans = load_params(root / "params.yaml")
-    pretrain.run_stage(plans[FT_TASK], params, root=root, track=False)
+    seeds.run(pretrain.stage(plans[FT_TASK], params, root=root), track=False)
     return root
 
 
@@ -76,7 +76,7 @@ def fetched(tmp_path, hopper_random_hdf5) -> Path:
     (so its .json records the file's sha256)."""
     import yaml
 
-    from helpers import FT_TASK as TASK
+    from finetune_stage import FT_TASK as TASK
     from odt.datasets.fetch import fetch as fetch_task
     from pipeline.profile import render
 
@@ -94,13 +94,13 @@ def fetched(tmp_path, hopper_random_hdf5) -> Path:
 @pytest.fixture(scope="session")
 def baseline(pretrained, tmp_path_factory) -> dict:
     """The finetune stage run once, uninterrupted, on the default backend (loky): what every fault must reproduce."""
-    from helpers import FT_SEEDS, FT_TASK, finetune_results, stage_inputs
-    from pipeline import finetune
+    from finetune_stage import FT_SEEDS, FT_TASK, finetune_results, stage_inputs
+    from pipeline import finetune, seeds
     from pipeline.params import load_params
 
     root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
     params, plans = load_params(root / "params.yaml")
     assert params.parallel.backend == "loky"
-    out = finetune.run_stage(plans[FT_TASK], params, root=root, track=False)
+    out = seeds.run(finetune.stage(plans[FT_TASK], params, root=root), track=False)
     assert out["summary"]["seeds"] == FT_SEEDS
     return {"results": finetune_results(root), "workers": out["workers"], "root": root}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import episodes, policy_dataset
+from synthetic import episodes, policy_dataset
 from odt import MemoryLogger, ModelConfig, OptimConfig, Trajectory
 from odt.baselines.iql import IQL, IQLConfig, TransitionBuffer, advantage_weights, expectile_loss, iql, transitions
 from odt.baselines.sac import SACConfig, sac
@@ -161,3 +161,43 @@ def test_a_diverging_iql_or_sac_stops_at_its_update_with_one_line_and_saves_no_n
     saved = load_checkpoint(tmp_path / "sac.pt")  # the last checkpoint before: finite, and older than the divergence
     assert saved["n_updates"] < err.value.step
     assert all(torch.isfinite(t).all() for t in saved["params"]["policy"].values())
+
+
+def test_iql_killed_in_either_phase_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path):
+    env_fn = lambda: gym.make("Hopper-v5")  # noqa: E731
+    rng = np.random.default_rng(0)
+    data = episodes(env_fn(), lambda obs: rng.uniform(-1, 1, 3).astype(np.float32), 6, max_steps=40)
+    cfg = IQLConfig(hidden_dim=16, batch_size=16, offline_updates=30, online_samples=120, log_every=10,
+                    checkpoint_every=10, eval_every=40, eval_episodes=2)
+    logger = MemoryLogger()
+    whole = iql(data, cfg, env_fn, task="hopper-medium-v2", seed=1, logger=logger, progress=False)
+    assert [e["online_samples"] for e in whole.evaluations] == [0, 40, 80, 120]
+    assert whole.offline_score == whole.evaluations[0]
+    assert whole.num_updates == whole.trainer.num_updates == 150
+    steps = [s for s, _ in logger.rows]
+    assert steps[:3] == [10, 20, 30] and steps == sorted(set(steps))  # offline blocks, then one row per step at most
+
+    class Killed(MemoryLogger):
+        def __init__(self, after):
+            super().__init__()
+            self.after = after
+
+        def log(self, metrics, step):
+            super().log(metrics, step)
+            if step > self.after:
+                raise KeyboardInterrupt  # as a kill would, after the checkpoint before it
+
+    for after in (15, 70):  # offline, then online
+        with pytest.raises(KeyboardInterrupt):
+            iql(data, cfg, env_fn, task="hopper-medium-v2", seed=1, logger=Killed(after),
+                checkpoint=tmp_path / "iql.pt", progress=False)
+        assert load_checkpoint(tmp_path / "iql.pt")["agent"]["updates"] <= after
+    again = MemoryLogger()
+    run = iql(data, cfg, env_fn, task="hopper-medium-v2", seed=1, logger=again, checkpoint=tmp_path / "iql.pt",
+              progress=False)
+    assert run.evaluations == whole.evaluations
+    assert all(torch.equal(a, b) for a, b in zip(run.trainer.nets.parameters(), whole.trainer.nets.parameters()))
+    def rows(log, start):  # without wall_time, which differs
+        return [(step, {k: v for k, v in row.items() if k != "wall_time"}) for step, row in log.rows if step >= start]
+
+    assert rows(again, 0) == rows(logger, again.rows[0][0])  # the rows after the checkpoint, logged again

@@ -134,7 +134,8 @@ def test_export_writes_float16_actors_that_match_the_float32_ones_and_their_mani
         assert all(v.dtype == torch.float16 for v in torch.load(package / entry["file"], weights_only=True).values())
     check = manifest["fp16_check"]
     assert check["max_action_error"] <= FP16_ACTION_TOL
-    np.testing.assert_allclose(check["medium_return_float16"], check["medium_return_float32"], rtol=0.05)
+    assert check["episodes"] == 2 and len(check["medium_return_float16"]) == len(check["medium_return_float32"]) == 2
+    assert check["same"] == behaviour.same_returns(check["medium_return_float32"], check["medium_return_float16"])["same"]
 
     # the float32 snapshot in SB3's actor vs the loaded float16 module, batched over the run's observations
     model = make_sac(get_task("hopper-medium-v2"), seed=0, train_steps=10)
@@ -156,13 +157,28 @@ def test_export_writes_float16_actors_that_match_the_float32_ones_and_their_mani
     sampled = load_actor(package).act(obs, generator=torch.Generator().manual_seed(0))
     assert sampled.shape == (500, 3) and sampled.abs().max() <= 1.0
 
-    thinned = export(straight, tmp_path / "thin", every=600, check_episodes=1)
+    thinned = export(straight, tmp_path / "thin", every=600, check_episodes=2)
     assert [(s["step"], s["transitions"]) for s in thinned["snapshots"]] == [(600, 600), (900, 300)]
+
+
+def test_same_returns_tells_one_policy_from_a_better_one():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1000, 300, 50), rng.normal(1000, 300, 50)
+    assert behaviour.same_returns(a, b)["same"] and behaviour.same_returns(a, a)["same"]
+    assert not behaviour.same_returns(a, b + 400)["same"]  # ~6 standard errors
+    check = behaviour.same_returns([1.0, 1.0], [2.0, 2.0])  # no spread: only equal means are the same
+    assert not check["same"] and check["standard_error"] == 0.0
+
+
+def test_export_needs_two_episodes_to_compare_returns(straight, tmp_path):
+    with pytest.raises(GenerateError, match="check_episodes"):
+        export(straight, tmp_path / "one", check_episodes=1)
+    assert not (tmp_path / "one").exists()
 
 
 def test_a_corrupted_snapshot_is_refused_in_one_line_naming_it(straight, tmp_path):
     package = tmp_path / "hopper"
-    manifest = export(straight, package, check_episodes=1)
+    manifest = export(straight, package, check_episodes=2)
     load_actor(package)
     path = package / manifest["snapshots"][0]["file"]
     data = bytearray(path.read_bytes())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import killed_writers_temp
+from killed_writer import killed_writers_temp
 from odt import atomic
 from odt.atomic import atomic_dir, atomic_path, recover_dir, write_text
 

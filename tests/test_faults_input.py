@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import FT_TASK as TASK, stage_inputs
+from finetune_stage import FT_TASK as TASK, stage_inputs
 from odt.datasets.hdf5 import DatasetError, load_d4rl_hdf5, write_d4rl_hdf5
 from pipeline import fetch, paths, pretrain, validate
 from pipeline.profile import render
@@ -90,7 +90,7 @@ def test_a_dataset_altered_after_its_fetch_stops_the_stage_before_any_seed_or_ml
 def test_every_stage_that_reads_the_dataset_checks_it_and_a_dataset_without_a_record_is_taken_as_it_is(
         fetched, tmp_path, monkeypatch):
     from odt.datasets.hdf5 import DatasetError
-    from pipeline import dt, finetune, iql, tune
+    from pipeline import dt, finetune, iql, seeds, tune
     from pipeline.params import load_params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -98,8 +98,8 @@ def test_every_stage_that_reads_the_dataset_checks_it_and_a_dataset_without_a_re
     data, meta = paths.dataset(fetched, TASK), paths.dataset_meta(fetched, TASK)
     flip_bit(data, 0)  # the HDF5 signature: not even a readable file now
     before = tree(fetched)
-    stages = [lambda: mod.run_stage(plans[TASK], params, root=fetched) for mod in (pretrain, dt, iql, finetune)]
-    stages.append(lambda: tune.run_stage(plans[TASK], params, "finetune", root=fetched, track=False))
+    stages = [lambda: seeds.run(mod.stage(plans[TASK], params, root=fetched)) for mod in (pretrain, dt, iql, finetune)]
+    stages.append(lambda: tune.run(plans[TASK], params, "finetune", root=fetched, track=False))
     for run_stage in stages:
         with pytest.raises(DatasetError, match="does not match the sha256 its fetch recorded"):
             run_stage()

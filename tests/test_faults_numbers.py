@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from helpers import FT_TASK as TASK
+from finetune_stage import FT_TASK as TASK
 from odt.checkpoint import load_checkpoint
 from pipeline import paths
 from pipeline.profile import render

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import FT_TASK as TASK
+from finetune_stage import FT_TASK as TASK
 from odt import atomic
 from odt.atomic import WriteError
 from odt.checkpoint import load_checkpoint, save_checkpoint

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import FT_TASK as TASK
+from finetune_stage import FT_TASK as TASK
 from pipeline import finetune, profile
 from pipeline.profile import render
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results, stage_inputs
+from finetune_stage import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results, stage_inputs
 from pipeline import heartbeat, paths
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from odt.datasets.hdf5 import load_d4rl_hdf5
 from odt.envs import fixed_observation_dims
 from odt.tasks import get_task
 
-from helpers import killed_writers_temp
+from killed_writer import killed_writers_temp
 
 TINY = {"seed": 3, "train_steps": 300, "transitions": 400}
 

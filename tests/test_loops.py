@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import episodes
+from synthetic import episodes
 from odt import FinetuneConfig, MemoryLogger, ModelConfig, ODTTrainer, PretrainConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
 from odt.envs import EnvMismatchError, vector_env
@@ -64,7 +64,7 @@ def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
                      progress=False)
     assert rerun.evaluations == run.evaluations and again.rows == [] and rerun.trainer.num_updates == 40
     with pytest.raises(ValueError, match="pass data="):  # the checkpoint alone cannot rebuild the buffer
-        ODTTrainer.load(tmp_path / "pre.pt")
+        ODTTrainer.from_state(load_checkpoint(tmp_path / "pre.pt")["trainer"])
 
 
 def test_the_loops_read_a_d4rl_file_themselves_and_write_their_curves(tmp_path):
@@ -102,11 +102,11 @@ def test_finetuning_explores_fills_the_buffer_fifo_and_scores_on_its_cadence():
     # the offline score: the pretrained policy scored with the pretraining's settings (2 episodes) and this seed
     scorer = pre.trainer.copy()
     scorer.reseed(1)
-    assert run.offline == scorer.evaluate(vector_env(hopper, PRETRAIN.eval_episodes), PRETRAIN, index=0)
+    assert run.offline_score == scorer.evaluate(vector_env(hopper, PRETRAIN.eval_episodes), PRETRAIN, index=0)
     assert {k: v for k, v in run.evaluations[0].items() if k.startswith("eval_")} == scorer.evaluate(
         vector_env(hopper, FINETUNE.eval_episodes), FINETUNE, index=0)
     assert [s for s, _ in logger.rows] == [40 + 3 * r for r in range(rounds + 1)]  # step = updates, one row a round
-    assert logger.rows[0][1]["offline_normalized"] == run.offline["eval_normalized"]
+    assert logger.rows[0][1]["offline_normalized"] == run.offline_score["eval_normalized"]
     assert [r["round"] for _, r in logger.rows[1:]] == list(range(1, rounds + 1))
     # FIFO: each round's rollout pushed out the oldest entry; the newest entries are the rollouts
     final = [t.observations.tobytes() for t in trainer.buffer.trajectories]
@@ -133,7 +133,7 @@ pre = pretrain(hopper_dataset(), MODEL, PRETRAIN, hopper, task="hopper-medium-v2
 run = finetune(pre.trainer, FINETUNE, hopper, seed=3, offline=PRETRAIN, device="cpu", logger=loggers["finetune"],
                checkpoint=out + "/ft.pt", progress=False)
 params = torch.cat([p.detach().flatten() for p in run.trainer.model.parameters()]).tolist()
-json.dump({{"params": params, "evaluations": run.evaluations, "pretrain": pre.evaluations, "offline": run.offline,
+json.dump({{"params": params, "evaluations": run.evaluations, "pretrain": pre.evaluations, "offline": run.offline_score,
            "temperature": run.trainer.temperature.item(),
            "rows": {{phase: [[s, {{k: v for k, v in r.items() if k != "wall_time"}}] for s, r in logger.rows]
                     for phase, logger in loggers.items()}}}},

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from odt.config import ConfigError, validate
-from odt.model import DecisionTransformer, ModelConfig
+from odt.config import ConfigError, ModelConfig, validate
+from odt.model import DecisionTransformer
 
 
 def make_model(**kw):

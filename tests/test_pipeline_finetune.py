@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results as results, stage_inputs
-from pipeline import finetune, parallel, paths
+from finetune_stage import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results as results, stage_inputs
+from pipeline import finetune, jobs, parallel, paths
 from pipeline.params import load_params
 from services import BIN, README, Service, alive, commands, free_port, recipe, service_env, stop_group
 
@@ -243,7 +243,7 @@ def test_each_seed_sharing_the_machine_gives_the_numbers_it_gives_alone(pretrain
     seed_dir = tmp_path / "seed_3"
     seed_dir.mkdir()
     torch.set_num_threads(1)  # what a worker sets: parallel.threads_per_worker's default
-    result = finetune.finetune_seed(plan, params, cfg, hparams, 3, seed_dir, None, root=root)
+    result = jobs.finetune(jobs.Setup("finetune", plan, cfg, params.device, root, hparams), 3, seed_dir, None)
     result = json.loads(json.dumps(result))  # as result.json holds it
     result.pop("wall_time")
     assert len({w["pid"] for w in baseline["workers"]}) >= min(2, parallel.available_cores())

@@ -9,9 +9,8 @@ import yaml
 
 from odt.config import ConfigError
 from odt import comparison
-from pipeline import parallel
-from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task
-from pipeline.tuning import read_tuned, tuned_path
+from pipeline import parallel, report
+from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task, read_tuned, tuned_path
 from pipeline.profile import profiles, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +20,7 @@ def resolved(name: str, **kw) -> dict:
     return yaml.safe_load(render(name, root=ROOT, **kw))
 
 
-@pytest.mark.parametrize("name", ["tiny", "quick", "cpu", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "quick", "cpu", "paper", "paper-generated"])
 def test_every_profile_resolves_and_validates(name):
     raw = resolved(name)
     params = parse_params(raw)
@@ -150,7 +149,10 @@ def test_the_table_states_every_column_the_papers_value_and_the_pattern():
     for col, (mean, std) in ours.items():
         row |= {f"{col}_mean": mean, f"{col}_std": std, f"paper_{col}": paper[col], f"paper_{col}_std": paper[f"{col}_std"]}
     row |= {"odt_delta_mean": 1.0, "iql_delta_mean": 0.2, "paper_odt_delta": 30.59, "paper_iql_delta": 2.98}
-    md = comparison.markdown([row], profile=params.profile, seeds=params.seeds)
+    md = comparison.markdown([row], setting=f"Profile `{params.profile}`", seeds=params.seeds,
+                             notes=report.notes(params.profile))
+    assert md.startswith("# Table 5.1") and "Profile `tiny`. Normalized return" in md and md.endswith(".csv`).\n")
+    assert "not comparable with the paper's" in md and "not comparable" not in "".join(report.notes("paper"))
     assert ("| hopper-medium-v2 | 150 | 1.5 ± 0.1 (61.0 ± 5.1) | 2.0 ± 0.1 (67.0 ± 3.3) | 3.0 ± 0.2 (97.5 ± 2.1) "
             "| 1.0 (30.6) | 2.2 ± 0.3 (63.8 ± 9.2) | 2.4 ± 0.3 (66.8 ± 4.1) | 0.2 (3.0) | 3.5 ± 1.0 (66.8 ± 27.1) "
             "| δ ODT > δ IQL; ODT not above SAC |") in md
@@ -168,7 +170,7 @@ def test_sac_runs_once_per_environment_and_every_shipped_profile_runs_every_base
     assert baseline_tasks("iql", tasks) == tasks
     assert sac_task("hopper-medium-replay-v2", ["hopper-medium-v2"]) == "hopper-medium-v2"
     assert sac_task("walker2d-medium-v2", ["hopper-medium-v2"]) is None
-    for name in ("tiny", "quick", "cpu", "paper"):
+    for name in ("tiny", "quick", "cpu", "paper", "paper-generated"):
         params = parse_params(resolved(name))
         assert set(params.baselines) == {"dt", "iql", "sac"}
         plan = plan_task(params, params.baselines["iql"][0])
@@ -207,3 +209,26 @@ def test_workers_times_threads_never_exceeds_cores(monkeypatch):
         for threads in (None, 1, 2, 3, 8):
             workers, t = parallel.plan_workers(n_jobs, 10, "loky", threads)
             assert workers * t <= 4 and workers >= 1 and t >= 1
+
+
+def test_paper_generated_is_the_paper_profile_on_generated_locomotion_data():
+    paper, generated = resolved("paper"), resolved("paper-generated")
+    locomotion = [t for t in paper["tasks"] if not t.startswith("antmaze")]
+    assert list(generated["tasks"]) == locomotion and len(locomotion) == 8
+    for task in locomotion:
+        ours, theirs = generated["tasks"][task], paper["tasks"][task]
+        assert ours["fetch"] == {"source": "generate", "seed": 0} and theirs["fetch"]["source"] == "d4rl"
+        assert {k: v for k, v in ours.items() if k != "fetch"} == {k: v for k, v in theirs.items() if k != "fetch"}
+    assert {k: v for k, v in generated.items() if k not in ("tasks", "profile", "baselines")} == \
+        {k: v for k, v in paper.items() if k not in ("tasks", "profile", "baselines")}
+
+
+def test_a_profile_extending_an_unknown_or_itself_is_one_line(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "a.yaml").write_text("extends: nope\ntasks: [hopper-medium-v2]\n")
+    (tmp_path / "profiles" / "b.yaml").write_text("extends: c\n")
+    (tmp_path / "profiles" / "c.yaml").write_text("extends: b\n")
+    with pytest.raises(ConfigError, match=r"^profiles/a.yaml: extends: unknown profile 'nope' \(choose from: a, b, c\)$"):
+        render("a", root=tmp_path)
+    with pytest.raises(ConfigError, match="a cycle"):
+        render("b", root=tmp_path)

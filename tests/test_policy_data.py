@@ -33,7 +33,7 @@ def package(tmp_path_factory) -> Path:
     """A tiny behaviour-policy package, made as the real ones are: behaviour.train then behaviour.export."""
     work = tmp_path_factory.mktemp("policies")
     train("hopper", work / "run", **RUN)
-    export(work / "run", work / "policies" / "hopper", check_episodes=1, check_observations=256)
+    export(work / "run", work / "policies" / "hopper", check_episodes=2, check_observations=256)
     return work / "policies" / "hopper"
 
 
@@ -275,3 +275,38 @@ def test_policies_flag_errors_are_one_line(package, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (message, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_dataset_report_puts_a_runs_real_buffer_beside_the_rebuilt_one(package, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from odt.datasets.behaviour import replay_episodes
+    from odt.tasks import normalized_score
+    from pipeline import dataset_report
+
+    monkeypatch.setattr(rollout, "POLICIES", package.parent)
+    run, out = package.parent.parent / "run", tmp_path / "reports"
+    args = ["--tasks", "hopper-medium-replay-v2", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert dataset_report.main([*args, "--replay-run", str(run)]) == 0
+    table = pd.read_csv(out / "datasets" / "summary.csv")
+    assert table["task"].tolist() == ["hopper-medium-replay-v2"] and table["transitions"].item() == RUN["max_steps"]
+    replay = pd.read_csv(out / "datasets" / "replay-hopper.csv")
+    real, rebuilt = replay[replay["source"] == "real buffer"], replay[replay["source"] == "rebuilt"]
+    episodes = replay_episodes(run)
+    assert len(real) == len(episodes["returns"]) > 0 and real["length"].sum() <= RUN["max_steps"]
+    np.testing.assert_allclose(real["normalized_return"], normalized_score("hopper-medium-replay-v2", episodes["returns"]),
+                               atol=1e-3)
+    assert rebuilt["length"].sum() == RUN["max_steps"] and rebuilt["step"].between(0, RUN["max_steps"]).all()
+    for png in ("returns.png", "replay-hopper.png"):
+        assert (out / "datasets" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "datasets.md").read_text()
+    assert "| hopper-medium-replay-v2 " in text and " / 2041 " in text and "real buffer" in text
+
+    # a run the shipped policies did not come from: one line, exit 2, the report as it was
+    monkeypatch.setattr(rollout, "POLICIES", rollout.Path(rollout.__file__).resolve().parents[1] / "policies")
+    before = (out / "datasets.md").read_bytes()
+    capsys.readouterr()
+    assert dataset_report.main([*args, "--replay-run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "is not the run the shipped hopper policies came from" in err
+    assert (out / "datasets.md").read_bytes() == before

@@ -17,7 +17,7 @@ def test_readme_library_example_runs_as_pasted(tmp_path, monkeypatch):
     ns = runpy.run_path(str(script))
     run = ns["run"]
     assert run.final["online_samples"] >= ns["finetune_cfg"].online_samples
-    assert np.isfinite(run.final["eval_normalized"]) and np.isfinite(run.offline["eval_normalized"])
+    assert np.isfinite(run.final["eval_normalized"]) and np.isfinite(run.offline_score["eval_normalized"])
     assert [r["round"] for r in run.evaluations][:2] == [0, 5]  # scored first, then every eval_every_rounds
     assert ns["logger"].rows and ns["logger"].reports
     for name in ("pretrain.pt", "finetune.pt", "hopper-policy.pt"):  # the example's checkpoints and policy

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import labelled_trajectories
+from synthetic import labelled_trajectories
 from odt.data import Trajectory, returns_to_go
 from odt.replay import TrajectoryReplayBuffer
 

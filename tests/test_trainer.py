@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import policy_dataset
+from synthetic import policy_dataset
 from odt.checkpoint import load_checkpoint, save_checkpoint
-from odt.config import ConfigError, FinetuneConfig, OptimConfig, PretrainConfig, validate
-from odt.model import ModelConfig
+from odt.config import ConfigError, FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, validate
 from odt.replay import TrajectoryReplayBuffer
 from odt.divergence import Diverged
 from odt.trainer import ODTTrainer
+from odt.update_graph import to_device
 
 TINY = dict(embed_dim=32, n_layer=1, n_head=2, dropout=0.0, context_len=5, max_ep_len=1000)
 
@@ -32,8 +32,10 @@ def action_mse(trainer: ODTTrainer) -> float:
     errs = []
     with torch.no_grad():
         for _ in range(5):
-            b = trainer._to_device(trainer.buffer.sample(64, trainer.model_cfg.context_len, rng))
-            mean, log_std = trainer.model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+            b = to_device(trainer.buffer.sample(64, trainer.model_cfg.context_len, rng), trainer.device)
+            states = (b["states"] - torch.from_numpy(trainer.state_mean)) / torch.from_numpy(trainer.state_std)
+            rtg = b["returns_to_go"] * trainer.model_cfg.reward_scale
+            mean, log_std = trainer.model(states, b["actions"], rtg, b["timesteps"], b["mask"])
             pred = torch.tanh(mean) if log_std is not None else mean
             m = b["mask"] if b["mask"] is not None else torch.ones(pred.shape[:2])
             errs.append((((pred - b["actions"]) ** 2).mean(-1) * m).sum().item() / m.sum().item())
@@ -86,10 +88,10 @@ def test_checkpoint_round_trip(tmp_path):
     trainer = tiny_trainer()
     trainer.train_updates(7)
     path = tmp_path / "ckpt.pt"
-    trainer.save(path)
+    save_checkpoint(path, {"trainer": trainer.state_dict()})
     state = load_checkpoint(path)["trainer"]  # weights_only=True under the hood
     assert state["num_updates"] == 7
-    restored = ODTTrainer.load(path, device="cpu")
+    restored = ODTTrainer.from_state(state, device="cpu")
     for a, b in zip(params_of(trainer), params_of(restored)):
         assert torch.equal(a, b)
     assert restored.temperature.item() == trainer.temperature.item()
@@ -98,7 +100,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert restored.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
     # a trainer loaded from the file continues exactly as the original does (RNG streams included)
     trainer.train_updates(3)
-    again = ODTTrainer.load(path, device="cpu")
+    again = ODTTrainer.from_state(load_checkpoint(path)["trainer"], device="cpu")
     again.train_updates(3)
     assert all(torch.equal(a, b) for a, b in zip(params_of(trainer), params_of(again)))
 
@@ -146,9 +148,9 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_the_next_phase_optimiser_values_apply_on_load(tmp_path):
     trainer = tiny_trainer(warmup_steps=1, temperature_lr=1e-4)
     trainer.train_updates(3)
-    trainer.save(tmp_path / "c.pt")
+    save_checkpoint(tmp_path / "c.pt", {"trainer": trainer.state_dict()})
     cfg = FinetuneConfig(learning_rate=5e-4, weight_decay=0.0, temperature_lr=3e-3, warmup_steps=1)
-    restored = ODTTrainer.load(tmp_path / "c.pt", optim=cfg, device="cpu")
+    restored = ODTTrainer.from_state(load_checkpoint(tmp_path / "c.pt")["trainer"], optim=cfg, device="cpu")
     assert [g["lr"] for g in restored.optimizer.param_groups] == [5e-4, 5e-4]
     assert restored.optimizer.param_groups[0]["weight_decay"] == 0.0
     assert restored.temperature_optimizer.param_groups[0]["lr"] == 3e-3
@@ -160,7 +162,7 @@ def test_the_next_phase_optimiser_values_apply_on_load(tmp_path):
 def test_warmup_position_carries_over_to_the_next_phase(tmp_path):
     trainer = tiny_trainer(warmup_steps=10, learning_rate=1e-3)
     trainer.train_updates(4)
-    trainer.use(FinetuneConfig(learning_rate=2e-3, warmup_steps=10))
+    trainer.switch_phase(FinetuneConfig(learning_rate=2e-3, warmup_steps=10))
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 5 / 10)
 
 

@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from pipeline import paths, pretrain, tune
+from pipeline import paths, pretrain, seeds, tune
 from pipeline.study import open_storage
 from pipeline.params import parse_params, plan_task
-from pipeline.tuning import TunedResult, tuned_path
+from pipeline.params import TunedResult, tuned_path
 from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def tuned(tmp_path_factory, hopper_random_hdf5):
     params, plan = load(params_path)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary = tune.run_stage(plan, params, "pretrain", root=root)
+        summary = tune.run(plan, params, "pretrain", root=root)
     return root, params, plan, summary
 
 
@@ -112,7 +112,7 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
 
 def test_pretrain_stage_uses_the_tuned_values(tuned):
     root, params, plan, summary = tuned
-    result = pretrain.run_stage(plan, params.model_copy(update={"seeds": 2}), root=root, track=False)
+    result = seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 2}), root=root), track=False)
     best = summary["best_params"]
     assert result["summary"]["hparams"] == {**best, "source": f"tuned ({tuned_path(TASK, 'pretrain')})"}
     written = json.loads((paths.run_dir(root, TASK, "pretrain") / "seed_1" / "result.json").read_text())
@@ -126,7 +126,7 @@ def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
     study = optuna.create_study(study_name=f"{TASK}-pretrain", storage=storage, direction="maximize")
     for lr in (1e-3, 3e-3, 1e-2, 0.5):  # three sane rates, then one that wrecks the policy in 10 updates
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 1e-4})
-    tune.run_stage(plan, params, "pretrain", root=tmp_path, n_trials=4, track=False)
+    tune.run(plan, params, "pretrain", root=tmp_path, options=tune.Options(n_trials=4), track=False)
     trials = journal(tmp_path, f"{TASK}-pretrain").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
     bad = trials[3]
@@ -140,7 +140,7 @@ def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
 def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_random_hdf5):
     """Finetune phase, sqlite storage: two processes at once, then a third run continuing the study."""
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, startup_trials=10))
-    pretrain.run_stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path, track=False)  # trials start from seed 0
+    seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path), track=False)  # trials start from seed 0
     url = f"sqlite:///{tmp_path}/studies.db"
     workers = [run_cli("--phase", "finetune", "--storage", url, "--n-trials", "2", root=tmp_path, wait=False)
                for _ in range(2)]
@@ -154,7 +154,7 @@ def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_ra
     assert {t.user_attrs["odt.worker"]["pid"] for t in study.trials} == {w.pid for w in workers}
     assert all(sorted(t.intermediate_values) == list(range(len(t.intermediate_values))) for t in study.trials)
 
-    tune.run_stage(plan, params, "finetune", root=tmp_path, n_trials=1, storage=url, track=False)  # the rerun
+    tune.run(plan, params, "finetune", root=tmp_path, options=tune.Options(n_trials=1, storage=url), track=False)  # rerun
     study = optuna.load_study(study_name=f"{TASK}-finetune", storage=url)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
     out = json.loads((tmp_path / tuned_path(TASK, "finetune")).read_text())
@@ -177,7 +177,7 @@ def test_a_killed_workers_trial_is_failed_not_complete(tmp_path, hopper_random_h
     assert running and running[0].state == optuna.trial.TrialState.RUNNING, err
 
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, storage="journal:optuna.log"))
-    summary = tune.run_stage(plan, params, "pretrain", root=tmp_path, n_trials=1, track=False)
+    summary = tune.run(plan, params, "pretrain", root=tmp_path, options=tune.Options(n_trials=1), track=False)
     trials = journal(tmp_path, f"{TASK}-pretrain").trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert summary["states"] == {"FAIL": 1, "COMPLETE": 1} and summary["best_trial"] == 1

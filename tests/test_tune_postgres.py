@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from pipeline.profile import render
-from pipeline.tuning import TunedResult, tuned_path
+from pipeline.params import TunedResult, tuned_path
 from services import ROOT, alive, commands, expand, free_port, recipe, service_env, stop_group
 
 TASK = "hopper-medium-v2"

@@ -1,25 +1,28 @@
-"""The update as one CUDA graph: the capturable path (odt.optim, packed batches), capture, fallback, prefetch.
+"""The update as one CUDA graph (odt/update_graph.py): the capturable path (odt.optim, packed batches), capture,
+fallback, prefetch, and no host sync in the update loop.
 
 On the CPU a real capture cannot happen; `ReplayingGraph` stands in for CudaGraphUpdate
 with its contract (nothing runs at capture; each call copies the batch into a static
-buffer and overwrites static metric tensors), so the trainer's side of it is checked here.
-The GPU-only test compares a real capture with the eager update.
+buffer and overwrites static metric tensors), so GraphedUpdate's and the trainer's side of
+it are checked here. The GPU-only test compares a real capture with the eager update.
 """
 import copy
 import warnings
 
 import numpy as np
 import pytest
+import pytorch_optimizer
 import torch
 
-import odt.trainer
-from benchmarks.gpu import assert_no_host_sync
-from helpers import policy_dataset
-from odt.config import FinetuneConfig, OptimConfig
+import odt.optim
+import odt.update_graph
+from synthetic import policy_dataset
+from host_sync import assert_no_host_sync
+from odt.config import FinetuneConfig, ModelConfig, OptimConfig
 from odt.divergence import Diverged
-from odt.model import ModelConfig
 from odt.replay import TrajectoryReplayBuffer
-from odt.trainer import GRAPH_WARMUP, ODTTrainer
+from odt.trainer import ODTTrainer
+from odt.update_graph import GRAPH_WARMUP
 
 TINY = dict(embed_dim=32, n_layer=1, n_head=2, dropout=0.1, context_len=5, max_ep_len=1000)
 
@@ -74,14 +77,14 @@ def eager_updates(t: ODTTrainer, n: int) -> list[dict[str, float]]:
     """The capturable path's eager update, step by step, without any capture attempt."""
     out = []
     for _ in range(n):
-        staged = t._stage(t.buffer.sample(t.optim.batch_size, t.model_cfg.context_len, t.rng))
-        out.append({k: float(v) for k, v in t._step(t._unpack(staged.packed(), staged.padded)).items()})
+        staged = t._graph.stage(t._sample())
+        out.append({k: float(v) for k, v in t._step(t._graph.unpack(staged.packed(), staged.padded)).items()})
         t.num_updates += 1
     return out
 
 
 def test_a_failed_capture_warns_once_in_one_line_and_gives_the_eager_numbers(monkeypatch):
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", FailingCapture)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", FailingCapture)
     a, b = trainer(cuda_graph=True), trainer(cuda_graph=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -96,14 +99,14 @@ def test_a_failed_capture_warns_once_in_one_line_and_gives_the_eager_numbers(mon
 
 
 def test_capture_comes_after_the_warmup_once_per_shape_and_again_after_a_phase_change(monkeypatch):
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", ReplayingGraph)
     ReplayingGraph.captures = []
     t = trainer(cuda_graph=True)
     t.train_updates(GRAPH_WARMUP)
     assert ReplayingGraph.captures == [] and not t.graphed
     t.train_updates(10)
     assert ReplayingGraph.captures == [(32, 5, 6 + 2 + 3)] and t.graphed
-    t.use(FinetuneConfig(batch_size=16, learning_rate=1e-3, warmup_steps=20))  # other values, other batch shape
+    t.switch_phase(FinetuneConfig(batch_size=16, learning_rate=1e-3, warmup_steps=20))  # other values, other batch shape
     assert not t.graphed
     t.train_updates(GRAPH_WARMUP + 2)
     assert ReplayingGraph.captures == [(32, 5, 11), (16, 5, 11)] and t.graphed
@@ -112,7 +115,7 @@ def test_capture_comes_after_the_warmup_once_per_shape_and_again_after_a_phase_c
 
 def test_replayed_updates_give_the_eager_numbers_and_fresh_metrics(monkeypatch):
     """Static outputs overwritten by each replay must not leak into sums or returned metrics."""
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", ReplayingGraph)
     a = run(trainer(cuda_graph=True))
     a.train_updates(GRAPH_WARMUP)
     first, second = a.update(), a.update()  # both replayed
@@ -133,7 +136,7 @@ def test_replayed_updates_give_the_eager_numbers_and_fresh_metrics(monkeypatch):
 def test_the_capturable_path_is_the_library_path_to_float_tolerance():
     """Packed batches, odt.optim's LAMB and warmup give what pytorch-optimizer's Lamb and LambdaLR give."""
     lib, ours = trainer(), trainer(cuda_graph=True)  # on the CPU the capture fails: eager
-    assert type(lib.optimizer).__module__.startswith("pytorch_optimizer") and type(ours.optimizer).__module__ == "odt.optim"
+    assert isinstance(lib.optimizer, pytorch_optimizer.Lamb) and isinstance(ours.optimizer, odt.optim.Lamb)
     start = params_of(lib)
     a, b = run(lib).train_updates(30), run(ours).train_updates(30)
     assert max_rel_diff(params_of(ours), params_of(lib)) < 1e-4
@@ -163,7 +166,7 @@ def test_a_checkpoint_moves_between_the_two_lambs():
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_train_updates_one_batch_ahead_gives_the_numbers_of_single_updates(monkeypatch, cuda_graph):
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", ReplayingGraph)
     a, b = trainer(cuda_graph=cuda_graph), trainer(cuda_graph=cuda_graph)
     logged = run(a).train_updates(9)
     run(b)
@@ -174,7 +177,7 @@ def test_train_updates_one_batch_ahead_gives_the_numbers_of_single_updates(monke
 
 
 def test_the_capturable_update_makes_no_host_sync(monkeypatch):
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", ReplayingGraph)
     t = trainer(cuda_graph=True)
     with assert_no_host_sync() as calls:
         for _ in range(GRAPH_WARMUP + 2):  # eager warm-ups, the capture, replays
@@ -194,7 +197,7 @@ def test_the_captured_update_equals_the_eager_update_on_cuda(monkeypatch):
         graphed.update()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", FailingCapture)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", FailingCapture)
     eager = trainer(device="cuda", length=6)
     with pytest.warns(UserWarning, match="simulated capture failure"):
         eager.train_updates(21)
@@ -206,7 +209,7 @@ def test_the_captured_update_equals_the_eager_update_on_cuda(monkeypatch):
 
 
 def test_a_nan_in_a_replayed_block_is_found_at_its_update_without_a_sync_per_update(monkeypatch):
-    monkeypatch.setattr(odt.trainer, "CudaGraphUpdate", ReplayingGraph)
+    monkeypatch.setattr(odt.update_graph, "CudaGraphUpdate", ReplayingGraph)
     t = trainer(cuda_graph=True)
     t.train_updates(GRAPH_WARMUP + 2)  # warmed up and captured: the next updates replay, metrics static tensors
     assert t.graphed and not t.check_each_update
@@ -224,3 +227,16 @@ def test_a_nan_in_a_replayed_block_is_found_at_its_update_without_a_sync_per_upd
     with pytest.raises(Diverged) as err:
         t.train_updates(5)
     assert (err.value.step, err.value.quantity) == (before + 3, "loss") and t.num_updates == before + 5
+
+
+def test_the_guard_sees_the_one_sync_of_a_block_of_updates():
+    """The guard above can fail: train_updates reads its averages once, at the end (odt/runs.py), by design."""
+    t = trainer()
+    t.check_each_update = False  # as on CUDA: the per-update divergence check is the CPU's, where a read is free
+    with assert_no_host_sync() as calls:
+        for _ in range(2):
+            t.update()
+    assert calls == []
+    with pytest.raises(AssertionError, match="runs.py"):
+        with assert_no_host_sync():
+            t.train_updates(1)

@@ -1,4 +1,4 @@
-"""A stand-in stage for the heartbeat tests: pipeline.seeds.run over jobs that tick into files, no training.
+"""A stand-in stage for the heartbeat tests: pipeline.seeds.run over a job that ticks into files, no training.
 
     PYTHONPATH=tests python -m ticking_stage ROOT BACKEND [ADDRESS]
 
@@ -37,9 +37,8 @@ def main(argv: list[str]) -> int:
     params = SimpleNamespace(seeds=2, profile="test", parallel=SimpleNamespace(
         backend=backend, n_jobs=2, address=argv[2] if len(argv) > 2 else None, threads_per_worker=None))
     job = functools.partial(tick, str(root), int(os.environ.get("TICKS", "600")))
-    code, _ = cli.run_guarded("tick", lambda: seeds.run("tick", SimpleNamespace(name="tick"), params, root=root,
-                                                         key={"stage": "tick"}, job=job,
-                                                         files=("result.json",), track=False))
+    stage = seeds.Stage("tick", "tick", params, root, key={"stage": "tick"}, job=job, files=("result.json",))
+    code, _ = cli.run_guarded("tick", lambda: seeds.run(stage, track=False))
     return code
 
 

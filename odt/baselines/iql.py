@@ -10,12 +10,15 @@ dataset, AntMaze shifted by -1.
 
     run = iql(trajectories, IQLConfig(offline_updates=..., online_samples=...), env_fn, task="hopper-medium-v2")
 
-The loop has the shape of odt.loops: log, evaluate and checkpoint inline, resume from `checkpoint`.
-A non-finite loss or score stops it with `Diverged` (odt/divergence.py), before anything of that update is logged or saved.
+`iql()` runs the two phases in turn, each a loop shaped like odt.loops' (log, evaluate and
+checkpoint inline): `_IQLRun.offline`, then `_IQLRun.online`; the run resumes from `checkpoint`.
+A non-finite loss or score stops it with `Diverged` (odt/divergence.py), before anything of that
+update is logged or saved.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -24,18 +27,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from odt.checkpoint import load_checkpoint, save_checkpoint
+from odt.checkpoint import save_checkpoint
 from odt.config import IQLConfig
-from odt.data import Data, Trajectory, trajectories
+from odt.data import Trajectory
+from odt.divergence import Diverged
 from odt.envs import check_dims, vector_env
-from odt.evaluation import eval_seeds, run_episodes, score
 from odt.logger import Logger, NullLogger
-from odt.loops import EnvFn, Run, names_divergence
-from odt.divergence import Diverged, check_scores
-from odt.trainer import resolve_device
+from odt.runs import Average, Data, EnvFn, Run, evaluate_policy, headline, names_divergence, resolve_device, resume, \
+    trajectories
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -63,7 +64,8 @@ class IQLNetworks(nn.Module):
         super().__init__()
         h, n = cfg.hidden_dim, cfg.n_hidden
         self.q1, self.q2 = mlp(obs_dim + act_dim, 1, h, n), mlp(obs_dim + act_dim, 1, h, n)
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1).requires_grad_(False), copy.deepcopy(self.q2).requires_grad_(False)
+        self.q1_target = copy.deepcopy(self.q1).requires_grad_(False)
+        self.q2_target = copy.deepcopy(self.q2).requires_grad_(False)
         self.value = mlp(obs_dim, 1, h, n)
         self.actor = mlp(obs_dim, act_dim, h, n)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
@@ -91,15 +93,15 @@ class IQL:
         total = max(1, total_updates)
         self.actor_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.actor_opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
-        self.updates = 0
+        self.num_updates = 0
         # on the CPU each loss is checked before its optimiser step (a host sync is free there); on CUDA the loop
-        # checks a block of updates at its end (`_Average.pop`)
+        # checks a block of updates at its end (`_IQLRun.pop`)
         self.check_each_update = self.device.type != "cuda"
 
     def _finite(self, name: str, loss: torch.Tensor) -> None:
         """A non-finite loss stops the update before its step: its gradient never reaches the weights."""
         if self.check_each_update and not math.isfinite(value := float(loss.detach())):
-            raise Diverged(self.updates + 1, name, value, learning_rate=self.cfg.learning_rate)
+            raise Diverged(self.num_updates + 1, name, value, learning_rate=self.cfg.learning_rate)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Value, then policy, then Q, then the targets (the order of IQL's reference code)."""
@@ -135,9 +137,10 @@ class IQL:
         with torch.no_grad():
             for net, target in ((n.q1, n.q1_target), (n.q2, n.q2_target)):
                 torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), cfg.tau)
-        self.updates += 1
-        return {"value_loss": value_loss.detach(), "actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
-                "q": q_target.mean(), "v": v.detach().mean(), "weight": weights.mean()}
+        self.num_updates += 1
+        return {"value_loss": value_loss.detach(), "actor_loss": actor_loss.detach(),
+                "critic_loss": critic_loss.detach(), "q": q_target.mean(), "v": v.detach().mean(),
+                "weight": weights.mean()}
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, *, deterministic: bool) -> np.ndarray:
@@ -148,13 +151,13 @@ class IQL:
     def state_dict(self) -> dict[str, Any]:
         return {"nets": self.nets.state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "value_opt": self.value_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "actor_schedule": self.actor_schedule.state_dict(), "updates": self.updates}
+                "actor_schedule": self.actor_schedule.state_dict(), "updates": self.num_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.nets.load_state_dict(state["nets"])
         for name in ("critic_opt", "value_opt", "actor_opt", "actor_schedule"):
             getattr(self, name).load_state_dict(state[name])
-        self.updates = int(state["updates"])
+        self.num_updates = int(state["updates"])
 
 
 class TransitionBuffer:
@@ -180,7 +183,8 @@ class TransitionBuffer:
         return {k: v[rows] for k, v in self.arrays.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "next": self.next, **{k: torch.from_numpy(v[: self.size]) for k, v in self.arrays.items()}}
+        arrays = {k: torch.from_numpy(v[: self.size]) for k, v in self.arrays.items()}
+        return {"size": self.size, "next": self.next, **arrays}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.size, self.next = int(state["size"]), int(state["next"])
@@ -189,7 +193,8 @@ class TransitionBuffer:
 
 
 def transitions(data: Sequence[Trajectory], scale: float, shift: float) -> dict[str, np.ndarray]:
-    """Each trajectory's steps with their next observation; a cut-off trajectory's last step has none and is left out."""
+    """Each trajectory's steps with their next observation; a cut-off trajectory's last step has none and is left
+    out."""
     parts = []
     for t in data:
         n = len(t) if t.terminals[-1] else len(t) - 1
@@ -209,137 +214,136 @@ def reward_transform(task: str | None, data: Sequence[Trajectory]) -> tuple[floa
     return (1000.0 / spread if task is not None and spread > 0 else 1.0), 0.0
 
 
+LOSSES = ("value_loss", "actor_loss", "critic_loss")  # checked for divergence
+
+
 @names_divergence("iql")
-def iql(
-    data: Data,
-    cfg: IQLConfig,
-    env_fn: EnvFn,
-    *,
-    task: str | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    logger: Logger | None = None,
-    checkpoint: str | Path | None = None,
-    progress: bool = True,
-) -> Run:
+def iql(data: Data, cfg: IQLConfig, env_fn: EnvFn, *, task: str | None = None, seed: int = 0, device: str = "cpu",
+        logger: Logger | None = None, checkpoint: str | Path | None = None, progress: bool = True) -> Run:
     """`offline_updates` on the dataset, then `online_samples` environment steps with one update each.
 
-    Evaluations (mean actions, `eval_episodes` episodes): after the offline phase (the
-    offline score, online_samples 0), every `eval_every` online steps, and at the end.
-    A non-finite loss or score raises `Diverged` naming the update.
+    Offline: a row every `log_every` updates, then the offline score (the first evaluation, online_samples 0).
+    Online: a row at each episode's end, an evaluation every `eval_every` steps and at the end. Checkpoints
+    every `checkpoint_every` updates (online: at the next episode's end); called again with the same
+    `checkpoint`, the run resumes there to the same numbers. A non-finite loss or score raises `Diverged`
+    naming the update.
     """
-    logger = logger or NullLogger()
-    data = trajectories(data, task)
-    obs_dim, act_dim = data[0].observations.shape[1], data[0].actions.shape[1]
-    torch.manual_seed(seed)
-    agent = IQL(obs_dim, act_dim, cfg, total_updates=cfg.offline_updates + cfg.online_samples, device=device)
-    buffer, rng = TransitionBuffer(cfg.buffer_size, obs_dim, act_dim), np.random.default_rng(seed)
-    state = load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
-    if state is None:
-        scale, shift = reward_transform(task, data)
-        buffer.add(**{k: v[-cfg.buffer_size:] for k, v in transitions(data, scale, shift).items()})
-        loop = {"evaluations": [], "online_samples": 0, "wall_time": 0.0, "scale": scale, "shift": shift}
-    else:
-        agent.load_state_dict(state["agent"])
-        buffer.load_state_dict(state["buffer"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        loop = state["loop"]
-    evaluations, scale, shift = loop["evaluations"], loop["scale"], loop["shift"]
-    eval_envs, env = vector_env(env_fn, cfg.eval_episodes), env_fn()
-    check_dims(task, eval_envs, obs_dim, act_dim)
-    start = time.perf_counter() - loop["wall_time"]
-    average = _Average(agent)
+    run = _IQLRun(trajectories(data, task), cfg, env_fn, task=task, seed=seed, device=device,
+                  logger=logger or NullLogger(), checkpoint=checkpoint)
+    with tqdm(total=cfg.offline_updates + cfg.online_samples, initial=run.agent.num_updates, desc="iql",
+              disable=not progress, mininterval=1.0) as bar:
+        if not run.evaluations:  # no offline score yet: the offline phase is still to run, or to finish
+            run.offline(bar)
+        run.online(bar)
+    run.eval_envs.close()
+    run.env.close()
+    return Run(run.agent, run.evaluations, run.elapsed(), run.agent.num_updates, offline_score=run.evaluations[0])
 
-    def update() -> None:
-        average.add(agent.update(buffer.sample(cfg.batch_size, rng)))
 
-    def save() -> None:
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"agent": agent.state_dict(), "buffer": buffer.state_dict(),
-                                         "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                                         "loop": {**loop, "wall_time": time.perf_counter() - start}})
+class _IQLRun:
+    """One IQL run: the learner, its transition buffer and sampling RNG, and the loop's progress (evaluations,
+    online samples, IQL's reward transform, wall time), all of which a checkpoint holds, with the two phases."""
 
-    def evaluate(final: bool) -> dict[str, float]:
-        seeds = eval_seeds(seed, len(evaluations), cfg.eval_episodes)
-        result = check_scores(score(run_episodes(lambda o: agent.act(o, deterministic=True), eval_envs, seeds), task),
-                              agent.updates, cfg.learning_rate)
-        evaluations.append({"online_samples": loop["online_samples"], **result})
-        logger.report(result.get("eval_normalized", result["eval_return"]), agent.updates, final)
-        return result
+    def __init__(self, data: Sequence[Trajectory], cfg: IQLConfig, env_fn: EnvFn, *, task: str | None, seed: int,
+                 device: str, logger: Logger, checkpoint: str | Path | None):
+        self.cfg, self.task, self.seed, self.logger, self.checkpoint = cfg, task, seed, logger, checkpoint
+        obs_dim, act_dim = data[0].observations.shape[1], data[0].actions.shape[1]
+        torch.manual_seed(seed)
+        self.agent = IQL(obs_dim, act_dim, cfg, total_updates=cfg.offline_updates + cfg.online_samples, device=device)
+        self.buffer, self.rng = TransitionBuffer(cfg.buffer_size, obs_dim, act_dim), np.random.default_rng(seed)
+        state = resume(checkpoint)
+        if state is None:
+            scale, shift = reward_transform(task, data)
+            self.buffer.add(**{k: v[-cfg.buffer_size:] for k, v in transitions(data, scale, shift).items()})
+            loop = {"evaluations": [], "online_samples": 0, "wall_time": 0.0, "scale": scale, "shift": shift}
+        else:
+            self.agent.load_state_dict(state["agent"])
+            self.buffer.load_state_dict(state["buffer"])
+            self.rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            loop = state["loop"]
+        self.evaluations, self.online_samples = loop["evaluations"], loop["online_samples"]
+        self.scale, self.shift = loop["scale"], loop["shift"]
+        self.eval_envs, self.env = vector_env(env_fn, cfg.eval_episodes), env_fn()
+        check_dims(task, self.eval_envs, obs_dim, act_dim)
+        self.start = time.perf_counter() - loop["wall_time"]
+        self.average = Average(watch=() if self.agent.check_each_update else LOSSES)
 
-    with tqdm(total=cfg.offline_updates + cfg.online_samples, initial=agent.updates, desc="iql", disable=not progress,
-              mininterval=1.0) as bar:
-        while not evaluations:  # offline: the dataset alone, then the offline score
-            n = min(cfg.log_every, cfg.offline_updates - agent.updates)
+    def offline(self, bar: Any) -> None:
+        """The dataset alone: blocks of `log_every` updates, a row each, a checkpoint every `checkpoint_every`
+        updates; the offline score ends it."""
+        cfg, agent, done = self.cfg, self.agent, False
+        while not done:
+            n = min(cfg.log_every, cfg.offline_updates - agent.num_updates)
             for _ in range(n):
-                update()
+                self.average.add(agent.update(self.buffer.sample(cfg.batch_size, self.rng)))
             bar.update(n)
-            done = agent.updates >= cfg.offline_updates
-            averaged = average.pop()  # before the evaluation: a diverged block is named by its update
-            scored = {"online_samples": 0, **evaluate(cfg.online_samples == 0)} if done else {}
-            logger.log({**averaged, **scored, "wall_time": time.perf_counter() - start}, agent.updates)
-            if done or agent.updates % cfg.checkpoint_every == 0:
-                save()
-        since_save, episode_return, obs = 0, 0.0, None
-        while loop["online_samples"] < cfg.online_samples:  # online: one update per environment step
+            done = agent.num_updates >= cfg.offline_updates
+            averaged = self.pop()  # before the evaluation: a diverged block is named by its update
+            scored = {"online_samples": 0, **self.evaluate(final=cfg.online_samples == 0)} if done else {}
+            self.logger.log({**averaged, **scored, "wall_time": self.elapsed()}, agent.num_updates)
+            if done or agent.num_updates % cfg.checkpoint_every == 0:
+                self.save()
+
+    def online(self, bar: Any) -> None:
+        """One environment step, then one update, until `online_samples`: a row at each episode's end (and one for
+        an evaluation mid-episode), a checkpoint at the first episode's end `checkpoint_every` steps on."""
+        cfg, agent, since_save, obs = self.cfg, self.agent, 0, None
+        while self.online_samples < cfg.online_samples:
             if obs is None:  # episodes start at checkpoints' boundaries, so a resumed run plays the same ones
-                obs, _ = env.reset(seed=int(rng.integers(0, 2**31 - 1)))
+                obs, _ = self.env.reset(seed=int(self.rng.integers(0, 2**31 - 1)))
                 episode_return, episode_length = 0.0, 0
             action = agent.act(obs[None], deterministic=False)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs=obs[None], act=action[None], rew=np.array([reward * scale + shift]), next_obs=next_obs[None],
-                       done=np.array([float(terminated)]))
-            update()
-            loop["online_samples"] += 1
+            next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            self.buffer.add(obs=obs[None], act=action[None], rew=np.array([reward * self.scale + self.shift]),
+                            next_obs=next_obs[None], done=np.array([float(terminated)]))
+            self.average.add(agent.update(self.buffer.sample(cfg.batch_size, self.rng)))
+            self.online_samples += 1
             episode_return, episode_length, since_save = episode_return + reward, episode_length + 1, since_save + 1
             bar.update(1)
-            last = loop["online_samples"] >= cfg.online_samples
-            metrics = evaluate(last) if last or loop["online_samples"] % cfg.eval_every == 0 else {}
+            last = self.online_samples >= cfg.online_samples
+            scores = self.evaluate(final=last) if last or self.online_samples % cfg.eval_every == 0 else {}
             obs = None if terminated or truncated else next_obs
             if obs is None or last:
-                logger.log({**average.pop(), **metrics, "online_samples": loop["online_samples"], "explore_return": episode_return,
-                            "explore_length": episode_length, "wall_time": time.perf_counter() - start}, agent.updates)
+                self.logger.log({**self.pop(), **scores, "online_samples": self.online_samples,
+                                 "explore_return": episode_return, "explore_length": episode_length,
+                                 "wall_time": self.elapsed()}, agent.num_updates)
                 if last or since_save >= cfg.checkpoint_every:
-                    save()
+                    self.save()
                     since_save = 0
-            elif metrics:  # mid-episode: the evaluation's own row (every row carries wall_time, the sentinel)
-                logger.log({**metrics, "online_samples": loop["online_samples"], "wall_time": time.perf_counter() - start},
-                           agent.updates)
-    eval_envs.close()
-    env.close()
-    return Run(agent, evaluations, time.perf_counter() - start, offline=evaluations[0])
+            elif scores:  # mid-episode: the evaluation's own row (every row carries wall_time, the sentinel)
+                self.logger.log({**scores, "online_samples": self.online_samples, "wall_time": self.elapsed()},
+                                agent.num_updates)
 
-
-class _Average:
-    """Metrics of consecutive updates summed on the device; `pop` syncs once and starts again.
-
-    Where the agent does not check each update (CUDA), each update's losses are kept on the
-    device too, and a non-finite average raises `Diverged` naming the first update at fault.
-    """
-
-    LOSSES = ("value_loss", "actor_loss", "critic_loss")
-
-    def __init__(self, agent: IQL) -> None:
-        self.agent = agent
-        self.sums: dict[str, torch.Tensor] = {}
-        self.losses: list[torch.Tensor] = []
-        self.n = 0
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        if not self.agent.check_each_update:
-            self.losses.append(torch.stack([metrics[k] for k in self.LOSSES]))
-        self.n += 1
+    def evaluate(self, *, final: bool) -> dict[str, float]:
+        """Mean actions, one episode per evaluation env, on the seeds of (seed, evaluation number); the scores join
+        the curve and are reported."""
+        scores = evaluate_policy(functools.partial(self.agent.act, deterministic=True), self.eval_envs,
+                                 seed=self.seed, index=len(self.evaluations), task=self.task,
+                                 num_updates=self.agent.num_updates, learning_rate=self.cfg.learning_rate)
+        self.evaluations.append({"online_samples": self.online_samples, **scores})
+        self.logger.report(headline(scores), self.agent.num_updates, final)
+        return scores
 
     def pop(self) -> dict[str, float]:
-        out = {k: float(v) / self.n for k, v in self.sums.items()}
-        losses, n = self.losses, self.n
-        self.sums, self.losses, self.n = {}, [], 0
-        if losses and not all(math.isfinite(out[k]) for k in self.LOSSES):
-            rows = torch.stack(losses)
-            first, column = (int(i) for i in (~torch.isfinite(rows)).nonzero()[0])
-            raise Diverged(self.agent.updates - n + first + 1, self.LOSSES[column].replace("_", " "),
-                           float(rows[first, column]), learning_rate=self.agent.cfg.learning_rate)
-        return out
+        """The losses and statistics averaged since the last row; on CUDA, a non-finite loss raises `Diverged`
+        naming the first update at fault."""
+        averaged = self.average.pop()
+        fault = self.average.first_non_finite()
+        if fault is not None:
+            after, values = fault
+            name = next(k for k in LOSSES if not math.isfinite(values[k]))
+            raise Diverged(self.agent.num_updates - after, name.replace("_", " "), values[name],
+                           learning_rate=self.cfg.learning_rate)
+        return averaged
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            loop = {"evaluations": self.evaluations, "online_samples": self.online_samples, "wall_time": self.elapsed(),
+                    "scale": self.scale, "shift": self.shift}
+            save_checkpoint(self.checkpoint, {"agent": self.agent.state_dict(), "buffer": self.buffer.state_dict(),
+                                              "numpy_rng": self.rng.bit_generator.state,
+                                              "torch_rng": torch.get_rng_state(), "loop": loop})

@@ -62,6 +62,7 @@ CHECKPOINT_EVERY = 10_000
 EVAL_EPISODES = 10
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # stable-baselines3's SAC actor clamps log_std to these
 FP16_ACTION_TOL = 1e-2  # largest |a_fp16 - a_fp32| (env units) export accepts; measured ~1e-3, see the manifest
+FP16_RETURN_SE = 3.0  # mean returns of the float16 and float32 medium policy at most this many standard errors apart
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 # what must match for a checkpoint to be resumed by a call (checkpoint_every may change between calls)
 RUN_KEYS = ("env", "env_version", "seed", "max_steps", "target_return", "snapshot_every", "eval_episodes")
@@ -340,6 +341,23 @@ def replay_observations(out_dir: str | os.PathLike, limit: int | None = None) ->
     return obs.astype(np.float32)
 
 
+def replay_episodes(out_dir: str | os.PathLike, until: int | None = None) -> dict[str, np.ndarray]:
+    """The episodes of the run's replay buffer, in the order they were collected, up to environment step `until`:
+    `returns`, `lengths` and `start` (the step each began), whole episodes only (a last one still running is left
+    out). What `medium-replay` rebuilt from the snapshots stands in for (odt.datasets.rollout)."""
+    out = Path(out_dir)
+    prog = read_progress(out) or {"chunks": []}
+    parts = [load_checkpoint(out / "buffer" / _chunk_name(a, b)) for a, b in prog["chunks"] if until is None or a < until]
+    rewards = np.concatenate([p["rewards"].numpy() for p in parts]) if parts else np.zeros(0)
+    dones = np.concatenate([p["dones"].numpy() for p in parts]) if parts else np.zeros(0)
+    if until is not None:
+        rewards, dones = rewards[:until], dones[:until]
+    ends = np.flatnonzero(dones > 0.5) + 1
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    returns = np.array([rewards[a:b].sum() for a, b in zip(starts, ends)], dtype=np.float64)
+    return {"returns": returns, "lengths": (ends - starts).astype(np.int64), "start": starts}
+
+
 # ---------------------------------------------------------------------------------------------- export / load
 
 
@@ -358,13 +376,14 @@ def _layer_order(key: str) -> int:
 
 
 def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every: int | None = None,
-           check_episodes: int = 5, check_observations: int = 4096) -> dict[str, Any]:
+           check_episodes: int = 50, check_observations: int = 4096) -> dict[str, Any]:
     """The finished run's snapshots as float16 actor files and `manifest.json`, replacing `package_dir` atomically.
 
     `every`: keep the snapshots at multiples of `every` steps (and the last); a dropped snapshot's transitions
     go to the next kept one. Each half-precision actor is checked against its float32 original on the run's
     own observations (largest action difference, at most FP16_ACTION_TOL), and the medium policy by
-    deterministic rollouts of both on the same seeds; the figures go into the manifest.
+    `check_episodes` stochastic rollouts of both (the dynamics are chaotic: one episode's return moves with a
+    rounding, so it is the distribution that must match, `same_returns`); the figures go into the manifest.
     """
     import gymnasium  # noqa: PLC0415
 
@@ -372,6 +391,8 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
     from odt.evaluation import eval_seeds, run_episodes  # noqa: PLC0415
 
     out, package = Path(out_dir), Path(package_dir)
+    if check_episodes < 2:
+        raise GenerateError(f"check_episodes must be >= 2 to compare the float16 policy's returns, got {check_episodes}")
     prog = read_progress(out)
     if prog is None:
         raise GenerateError(f"{out} holds no training run (no checkpoint.pt); train one there first")
@@ -415,9 +436,14 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
         returns = {}
         for label, sd in (("float32", load_checkpoint(out / snaps[-1]["file"])),
                           ("float16", torch.load(tmp / entries[-1]["file"], weights_only=True))):
-            actor = _actor_from(sd, low, high)
-            returns[label] = run_episodes(lambda o: actor.act(o, deterministic=True).numpy(), envs, seeds).returns
+            actor, noise = _actor_from(sd, low, high), torch.Generator().manual_seed(run["seed"] + 1)
+            returns[label] = run_episodes(lambda o: actor.act(o, generator=noise).numpy(), envs, seeds).returns
         envs.close()
+        check = same_returns(returns["float32"], returns["float16"])
+        if not check["same"]:
+            raise GenerateError(f"{out / snaps[-1]['file']} in float16 returns {check['float16_mean']:.0f} on average "
+                                f"where float32 returns {check['float32_mean']:.0f} over {check_episodes} episodes, "
+                                f"more than {FP16_RETURN_SE:g} standard errors apart; keep it in float32")
         manifest = {
             "format": FORMAT, "env": run["env"], "gym_id": run["gym_id"], "env_version": run["env_version"],
             "make_env": "odt.envs.make_env(task, env_version)" + (" (Ant-v4, use_contact_forces=True)"
@@ -427,7 +453,8 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
             "algorithm": "stable-baselines3 SAC, its defaults (odt.datasets.generate.make_sac)",
             "seed": run["seed"], "target_return": run["target_return"], "reached_target": prog["reached_target"],
             "max_steps": run["max_steps"], "steps": prog["steps"], "snapshot_every": every or run["snapshot_every"],
-            "eval": f"stochastic policy, {run['eval_episodes']} episodes (odt.evaluation.eval_seeds(seed, snapshot index))",
+            "eval": "stochastic policy (odt.evaluation.eval_seeds(seed, snapshot index))",
+            "eval_episodes": run["eval_episodes"],
             "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
             "hidden": [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)],
             "action_low": [float(x) for x in low], "action_high": [float(x) for x in high],
@@ -437,12 +464,23 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
             "medium": entries[-1]["file"],
             "fp16_check": {"tolerance": FP16_ACTION_TOL, "max_action_error": worst,
                            "observations": int(len(obs)), "episodes": check_episodes, "seeds": seeds,
-                           "medium_return_float32": [float(r) for r in returns["float32"]],
-                           "medium_return_float16": [float(r) for r in returns["float16"]]},
+                           "policy": "stochastic, as the data is rolled out", **check,
+                           "medium_return_float32": [round(float(r), 2) for r in returns["float32"]],
+                           "medium_return_float16": [round(float(r), 2) for r in returns["float16"]]},
             "snapshots": entries,
         }
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def same_returns(a, b) -> dict[str, Any]:
+    """Do two samples of episode returns come from one policy, as far as their means tell? Their difference within
+    FP16_RETURN_SE standard errors (Welch's), the figures kept for the manifest."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+    diff = float(b.mean() - a.mean())
+    return {"float32_mean": float(a.mean()), "float32_std": float(a.std(ddof=1)), "float16_mean": float(b.mean()),
+            "float16_std": float(b.std(ddof=1)), "standard_error": se, "same": bool(abs(diff) <= FP16_RETURN_SE * se)}
 
 
 def _version(module: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Small synthetic data shared by the core tests."""
+"""Small synthetic data shared by the core tests: trajectories whose every token says where it came from, actions a
+small model can learn, episodes of a real environment."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,51 +50,4 @@ def policy_dataset(n_traj=30, length=50, obs_dim=6, act_dim=2, seed=0) -> list[T
         acts = np.tanh(obs @ W).astype(np.float32) * 0.9
         rewards = rng.uniform(0, 1, size=length).astype(np.float32)
         out.append(Trajectory(obs, acts, rewards, np.zeros(length, dtype=bool)))
-    return out
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped): what a killed writer leaves in its temp names."""
-    import subprocess
-
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def killed_writers_temp(target, kind: str = "tmp"):
-    """The name odt.atomic gives a temporary (kind "tmp") or an old copy ("old") of `target`, as a dead process left it."""
-    from odt.atomic import HOST
-
-    return target.with_name(f".{target.name}.{kind}-{HOST}-{dead_pid()}-k1lled")
-
-
-FT_TASK = "hopper-medium-v2"  # the finetune stage's tests: one task of the tiny profile, 4 seeds
-FT_SEEDS = 4
-
-
-def stage_inputs(root, src):
-    """params.yaml, dataset and every seed's pretrained checkpoint (copied from `src`), no work directory."""
-    import shutil
-
-    root.mkdir(parents=True, exist_ok=True)
-    for rel in ("params.yaml", f"data/{FT_TASK}/{FT_TASK}.hdf5"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, root / rel)
-    shutil.copytree(src / "runs" / FT_TASK / "pretrain", root / "runs" / FT_TASK / "pretrain")
-    return root
-
-
-def finetune_results(root) -> dict[int, dict]:
-    """Per-seed result.json and curve.csv as published by the finetune stage, wall time left out."""
-    import json
-
-    from pipeline import paths
-
-    out = {}
-    for seed in range(FT_SEEDS):
-        seed_dir = paths.run_dir(root, FT_TASK, "finetune") / f"seed_{seed}"
-        result = json.loads((seed_dir / "result.json").read_text())
-        result.pop("wall_time")
-        out[seed] = {"result": result, "curve": (seed_dir / "curve.csv").read_text()}
     return out

@@ -1,0 +1,106 @@
+"""One seed of each stage, as a worker runs it: the library's loop, what it leaves in the seed directory, its result.
+
+pipeline.seeds.run calls a stage's job as `job(seed, seed_dir, logger)` in a worker process
+(the stage binds its `Setup` with functools.partial), once for every seed without a
+result.json; a job started again after a kill resumes from the checkpoint it left in
+`seed_dir`. The result it returns becomes the seed's result.json: the loop's scores
+(odt.loops.Run.scores), its update count and what the stage adds. A learning rate that
+diverges is named as params.yaml spells it, or as the tuned file it came from.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import caching, paths, seeds
+from pipeline.params import Params, TaskPlan, learning_rate_setting
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every seed of a stage trains with."""
+
+    stage: str  # pretrain, dt, finetune, iql, sac
+    plan: TaskPlan
+    cfg: Any  # the stage's config: PretrainConfig (pretrain, dt), FinetuneConfig, IQLConfig, SACConfig
+    device: str
+    root: Path  # absolute: data/ and runs/ are found from it
+    hparams: dict[str, Any] | None = None  # ODT and DT: learning rate, weight decay and where they came from
+
+
+def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
+    """The seeds of ODT's pretraining or of the DT (`setup.stage`): each runs `pretrain` from the fetched dataset."""
+    plan, cfg, hparams = setup.plan, setup.cfg, setup.hparams
+    data = paths.existing_dataset(setup.root, plan.name)  # missing or altered: one line, before any seed
+    model = plan.dt_model if setup.stage == "dt" else plan.model
+    return seeds.Stage(
+        setup.stage, plan.name, params, setup.root, key=caching.pretrain_key(setup.stage, plan, params, model, cfg, data),
+        job=functools.partial(pretrain, setup), files=("checkpoint.pt", "curve.csv", "result.json"),
+        step=cfg.pretrain_updates, tags={"hparams_source": hparams["source"]},
+        extra=lambda results: {"best_mean": sum(r["best_normalized"] for r in results) / len(results),
+                               "updates": cfg.pretrain_updates, "hparams": hparams})
+
+
+def pretrain(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
+    """ODT's pretraining, or the DT baseline (odt.loops.pretrain with the task's `dt` block); leaves checkpoint.pt and
+    curve.csv. The result: the final evaluation (the offline score) and the best one on the way."""
+    from odt.divergence import Diverged  # noqa: PLC0415
+    from odt.loops import pretrain as loop  # noqa: PLC0415
+
+    plan, dt = setup.plan, setup.stage == "dt"
+    try:
+        run = loop(paths.dataset(setup.root, plan.name), plan.dt_model if dt else plan.model, setup.cfg,
+                   plan.env_fn(setup.root), task=plan.name, seed=seed, device=setup.device, logger=logger,
+                   checkpoint=seed_dir / "checkpoint.pt", progress=False)
+    except Diverged as err:
+        raise err.named(f"{setup.stage} {plan.name} seed {seed}",
+                        learning_rate_setting(plan, "dt.train" if dt else "pretrain", setup.hparams))
+    run.write_curve(seed_dir / "curve.csv")
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.num_updates,
+            "hparams": setup.hparams}
+
+
+def finetune(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
+    """Pretraining seed k's checkpoint finetuned online with seed k; leaves policy.pt and curve.csv."""
+    from odt.divergence import Diverged  # noqa: PLC0415
+    from odt.checkpoint import save_policy  # noqa: PLC0415
+    from odt.loops import finetune as loop  # noqa: PLC0415
+
+    plan, cfg = setup.plan, setup.cfg
+    try:
+        run = loop(paths.pretrained(setup.root, plan.name, seed), cfg, plan.env_fn(setup.root),
+                   data=paths.dataset(setup.root, plan.name), seed=seed, offline=plan.pretrain, device=setup.device,
+                   logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
+    except Diverged as err:
+        raise err.named(f"finetune {plan.name} seed {seed}", learning_rate_setting(plan, "finetune", setup.hparams))
+    save_policy(seed_dir / "policy.pt", run.trainer, cfg)
+    run.write_curve(seed_dir / "curve.csv")
+    (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
+    return {"task": plan.name, "seed": seed, **run.scores(), "rounds": run.final["round"],
+            "num_updates": run.num_updates, "hparams": setup.hparams}
+
+
+def iql(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
+    """The IQL baseline, offline on the dataset then online; leaves curve.csv."""
+    from odt.baselines.iql import iql as loop  # noqa: PLC0415
+
+    plan = setup.plan
+    run = loop(paths.dataset(setup.root, plan.name), setup.cfg, plan.env_fn(setup.root), task=plan.name, seed=seed,
+               device=setup.device, logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
+    run.write_curve(seed_dir / "curve.csv")
+    (seed_dir / "state.pt").unlink()  # the replay buffer makes it large
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.num_updates}
+
+
+def sac(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
+    """SAC from scratch in the task's environment; leaves curve.csv."""
+    from odt.baselines.sac import sac as loop  # noqa: PLC0415
+
+    plan = setup.plan
+    run = loop(setup.cfg, plan.env_fn(setup.root), task=plan.name, seed=seed, device=setup.device, logger=logger,
+               checkpoint=seed_dir / "state.pt", progress=False)
+    run.write_curve(seed_dir / "curve.csv")
+    (seed_dir / "state.pt").unlink()
+    return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.num_updates}
