@@ -60,13 +60,14 @@ DIFFERENCES = """\
   contact forces, D4RL's 111 observation dims). The same policy quality gives other returns there.
 - **The medium level.** Our SAC runs stop when the stochastic policy scores a third of the way from D4RL's
   reference minimum to its maximum (10 episodes every 10k steps); D4RL's medium policies were trained by
-  another SAC to "about a third of expert" in their own environments, and land elsewhere: halfcheetah's at 41
-  normalized where ours stops near 33, hopper's at 44 where ours lands at 48 (one evaluation of 10 episodes
-  decides when to stop, and hopper's returns are spread widely).
+  another SAC to "about a third of expert" in their own environments, and land elsewhere: walker2d's at 62
+  normalized where ours is at 31, halfcheetah's at 41 where ours is at 33, hopper's at 44 where ours is at 48.
+  Training stops at the first 10-episode evaluation over the target, a lucky one as often as not, so a
+  million transitions of the same policy can come out below it (walker2d 31.0 and ant 32.7, target 33.3).
 - **Medium-replay's size.** It holds the transitions our run collected until its medium snapshot, so it is as
   large as our run was long. Where stable-baselines3's SAC in v5 reached the medium level in fewer steps than
-  D4RL's run did (hopper 90k against 402k, halfcheetah 160k against 202k), ours is smaller: fewer
-  trajectories, and shorter on average where early policies fall at once.
+  D4RL's run did (hopper 90k against 402k, walker2d 220k against 302k, halfcheetah 160k against 202k), ours
+  is smaller: fewer trajectories, and shorter on average where early policies fall at once.
 - **Medium-replay is rebuilt**, not recorded: each 10k-step stretch of the run's buffer is rolled out again with
   the snapshot at its end (the README's "How medium-replay is rebuilt", and the hopper comparison below when
   the report was made with `--replay-run`).
