@@ -114,7 +114,7 @@ def histogram_figure(data: dict[str, np.ndarray], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from odt.atomic import atomic_path  # noqa: PLC0415
+    from odt.curves import save_figure  # noqa: PLC0415
 
     envs = sorted({t.split("-")[0] for t in data}, key=lambda e: [t.split("-")[0] for t in TASKS].index(e))
     fig, axes = plt.subplots(2, len(envs), figsize=(3.6 * len(envs), 5.6), squeeze=False)
@@ -136,15 +136,13 @@ def histogram_figure(data: dict[str, np.ndarray], path: Path) -> None:
             ax.legend(fontsize=7)
     fig.suptitle("Generated datasets: trajectory returns (solid: our mean)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def replay_comparison(run_dir: Path, *, seed: int, cache: Path, progress: bool) -> tuple[pd.DataFrame, str]:
     """Every episode of the run's buffer up to its medium snapshot and of the medium-replay rebuilt from its
     snapshots: source, collection step (rebuilt: spread over its snapshot's stretch), length, normalized return."""
-    from odt.datasets.behaviour import read_progress, replay_episodes  # noqa: PLC0415
+    from odt.datasets.behaviour import read_manifest, read_progress, replay_episodes  # noqa: PLC0415
     from odt.datasets.generate import GenerateError  # noqa: PLC0415
     from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
     from odt.datasets.rollout import policy_task, shipped  # noqa: PLC0415
@@ -156,9 +154,7 @@ def replay_comparison(run_dir: Path, *, seed: int, cache: Path, progress: bool) 
                             f"`python -m odt.datasets.behaviour train` run")
     env, task = prog["run"]["env"], f"{prog['run']['env']}-medium-replay-v2"
     spec, package = get_task(task), shipped(prog["run"]["env"])
-    import json  # noqa: PLC0415
-
-    manifest = json.loads((package / "manifest.json").read_text())
+    manifest = read_manifest(package)
     if (manifest["seed"], manifest["env_version"]) != (prog["run"]["seed"], prog["run"]["env_version"]):
         raise GenerateError(f"{run_dir} is not the run the shipped {env} policies came from (seed, env version "
                             f"{prog['run']['seed']}, {prog['run']['env_version']} vs {manifest['seed']}, "
@@ -186,7 +182,7 @@ def replay_figure(df: pd.DataFrame, env: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from odt.atomic import atomic_path  # noqa: PLC0415
+    from odt.curves import save_figure  # noqa: PLC0415
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bins = np.linspace(df["normalized_return"].min(), df["normalized_return"].max(), 40)
@@ -202,9 +198,7 @@ def replay_figure(df: pd.DataFrame, env: str, path: Path) -> None:
     right.legend(fontsize=8, markerscale=3)
     fig.suptitle(f"{env}-medium-replay: the SAC run's replay buffer vs the one rebuilt from its snapshots", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _pair(ours: str, theirs: str | None) -> str:
