@@ -14,12 +14,17 @@ module is being located, before any thread exists):
   (later ones are dropped: a second Ctrl-C must not cut the cleanup short), which
   pipeline.cli.run_guarded turns into one line and exit 130 (SIGINT) or 143 (SIGTERM); one
   that comes while the command is still importing is raised when run_guarded starts (`arm`);
+- holds a signal that comes while the main thread is `deferred` (in a call to the MLflow
+  store) and raises it when the call returns: a sqlite transaction cut short holds the
+  database's lock, and the stage's own cleanup (marking its runs KILLED) then waits on it,
+  20 s per try;
 - drops every signal once the command has `settle`d (its outputs are written or its error
   reported): it then ends as it would have.
 """
 from __future__ import annotations
 
 import _thread
+import contextlib
 import signal
 import sys
 import threading
@@ -28,6 +33,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _settled = threading.Event()  # the command's end is decided
 _armed = threading.Event()  # run_guarded has started
 _pending: list[int] = []  # a signal that came before it did
+_held: list[int] = []  # a signal that came inside a `deferred` block
+_depth = 0  # how many `deferred` blocks the main thread is in
 _installed = threading.Event()
 
 
@@ -49,10 +56,13 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise(signum: int, frame) -> None:
     # runs in the main thread, as arm() and settle() do: no race with the command's start or end
-    if _settled.is_set() or _pending:
+    if _settled.is_set() or _pending or _held:
         return
     if not _armed.is_set():
         _pending.append(signum)
+        return
+    if _depth:
+        _held.append(signum)
         return
     _settled.set()  # the first signal only: the cleanup it starts runs to its end
     raise Interrupted(signum)
@@ -92,3 +102,21 @@ def settle() -> None:
     if _installed.is_set():  # ignored, not only blocked: the interpreter's exit restores the default handlers
         for signum in SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def deferred():
+    """A signal that comes inside this block (in the main thread) is raised when the block ends, so what the block
+    does is never cut short half-way; in other threads and outside a command, a plain block."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if not _depth and _held and not _settled.is_set():
+            _settled.set()
+            raise Interrupted(_held[0])

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from pipeline import interrupts
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -63,10 +65,13 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _retry(fn: Callable[..., T], *args, **kwargs) -> T:
-    """sqlite allows one writer at a time: parallel seeds retry a locked database."""
+    """One call to the store, never cut short by Ctrl-C or SIGTERM (pipeline/interrupts.py: they are raised when it
+    returns; a transaction cut short would keep the sqlite database locked against the stage's own cleanup).
+    sqlite allows one writer at a time: parallel seeds retry a locked database."""
     for attempt in range(8):
         try:
-            return fn(*args, **kwargs)
+            with interrupts.deferred():
+                return fn(*args, **kwargs)
         except Exception as err:  # MlflowException wrapping sqlite3.OperationalError
             if "locked" not in str(err).lower() or attempt == 7:
                 raise
@@ -99,7 +104,7 @@ class Tracker:
         # file race ("duplicate column name"); the lock beside the file serialises them
         with self.lock() if db is not None and db.parent.is_dir() else contextlib.nullcontext():
             try:
-                self.client = MlflowClient(self.uri)
+                self.client = _retry(MlflowClient, self.uri)  # a new store's tables are created here
                 _retry(self.client.search_experiments, max_results=1)  # opened here: a broken store fails once
             except Exception as err:
                 cause = " ".join(str(err).split("\n")[0].split())
@@ -229,7 +234,7 @@ class RunLogger:
         if self._client is None:
             from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
-            self._client = MlflowClient(self.uri)
+            self._client = _retry(MlflowClient, self.uri)
         return self._client
 
     def last_step(self) -> float:

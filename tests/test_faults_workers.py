@@ -189,6 +189,44 @@ def test_a_signal_at_any_moment_of_a_stage_ends_it_cleanly_and_the_rerun_resumes
         assert_resumes_to_the_uninterrupted_run(root, uri, baseline, None, resumed=False)
 
 
+
+STORE_CALL_HIT_BY_SIGNALS = """
+import os, signal, sqlite3, sys, time
+from pathlib import Path
+from pipeline import interrupts
+interrupts.install()
+interrupts.arm()
+from pipeline.tracking import Tracker, _retry
+db = Path(sys.argv[1])
+tracker = Tracker(db.parent, f"sqlite:///{db}")
+run = tracker.run(tracker.experiment("x"), "key", "run", {})
+
+def store_call():
+    for _ in range(2):  # Ctrl-C twice: the second changes nothing
+        os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)  # the signal thread delivers both meanwhile
+    tracker.client.set_tag(run, "reached", "yes")
+
+try:
+    _retry(store_call)
+    print("not interrupted")
+except interrupts.Interrupted as err:
+    print("interrupted", err.signum, tracker.client.get_run(run).data.tags.get("reached"))
+    con = sqlite3.connect(db, timeout=0)
+    con.execute("BEGIN IMMEDIATE")  # nobody holds the database's lock
+    con.rollback()
+    print("unlocked")
+"""
+
+
+def test_a_signal_during_a_store_call_is_raised_when_the_call_returns(tmp_path):
+    """A Ctrl-C that cut an MLflow call short could leave its sqlite transaction open, holding the database's lock: the
+    stage's cleanup then waited on its own lock, 20 s per try, 8 tries (the any-moment test above hung that way)."""
+    out = subprocess.run([sys.executable, "-c", STORE_CALL_HIT_BY_SIGNALS, str(tmp_path / "mlflow.db")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.splitlines() == [f"interrupted {int(signal.SIGINT)} yes", "unlocked"], out.stderr
+
+
 def ticking_stage(root: Path, backend: str, address: str | None = None, ticks: int = 600,
                   go: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "TICKS": str(ticks), "GO": str(go or "")}
