@@ -60,6 +60,7 @@ repro: install
 	$(BIN)/dvc repro
 
 test: install system-packages $(VEGA)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -6,10 +6,13 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+import gymnasium
 import numpy as np
+import torch
 
 from odt.data import Trajectory
 
@@ -119,9 +122,6 @@ def synthetic_trajectories(
 
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare numbers: CPU, cores, threads, library versions, load."""
-    import gymnasium
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

@@ -35,7 +35,9 @@ def _two_cores() -> list[int]:
     return cpus[:2]
 
 
-def timed_command(cmd: list[str], cwd: Path, log: Path, timeout_s: float, env: dict[str, str]) -> tuple[float, list[tuple[float, str]], int]:
+def timed_command(
+    cmd: list[str], cwd: Path, log: Path, timeout_s: float, env: dict[str, str]
+) -> tuple[float, list[tuple[float, str]], int]:
     """Run `cmd` pinned to two cores; return (seconds, [(t, line)], exit code). Output is also written to `log`."""
     cores = _two_cores()
     start = time.perf_counter()
@@ -115,7 +117,9 @@ def run(*, source: str = "head", reuse_venv: bool = False, timeout_min: float = 
     rows += [{"stage": name, "seconds": round(s, 1)} for name, s in stages]
     rows.append({"stage": "dvc repro outside stages (init, hashing, checkout)",
                  "seconds": round(repro_s - sum(s for _, s in stages), 1)})
-    label = "make repro wall time" + (" (install skipped: --reuse-venv)" if reuse_venv else ", fresh clone incl. install")
+    label = "make repro wall time" + (
+        " (install skipped: --reuse-venv)" if reuse_venv else ", fresh clone incl. install"
+    )
     figures = [Figure(label, [total_min], "min", f"<= {TARGET_MIN:g} min", at_most(total_min, TARGET_MIN))]
     notes = [f"source: {'git clone of HEAD' if source == 'head' else 'copy of the working tree'}; pinned to cores "
              f"{_two_cores()}; one run (it takes minutes, so no repeats)."]

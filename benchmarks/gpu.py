@@ -31,12 +31,16 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks.common import Figure, Result, interleaved
+from benchmarks.rollout import hopper_vector_env
 from benchmarks.update import CONFIGS, make_trainer
 from benchmarks.update import run as update_benchmark
+from odt.config import FinetuneConfig
 from odt.update_graph import GRAPH_WARMUP
-
+from pipeline.parallel import run_parallel
+from pipeline.profile import render
 
 
 def check_no_sync(trainer) -> None:
@@ -115,8 +119,6 @@ def _seed_process(config, seed: int, n: int, seconds: float, barrier: str, batch
 
 
 def seeds_in_processes(config, n: int, *, seconds: float, batch_size: int, context_len: int, chunk: int) -> dict:
-    from pipeline.parallel import run_parallel  # noqa: PLC0415  the pipeline's joblib path
-
     with tempfile.TemporaryDirectory() as barrier:
         jobs = [dict(config=config, seed=s, n=n, seconds=seconds, barrier=barrier, batch_size=batch_size,
                      context_len=context_len, chunk=chunk) for s in range(n)]
@@ -156,9 +158,6 @@ def finetune_round(config, *, rounds: int, batch_size: int, context_len: int) ->
     Hopper-v5 without early termination: every exploration episode is 1000 steps, as a
     good policy's are. The first round (rollout graph capture) is left out.
     """
-    from benchmarks.rollout import hopper_vector_env  # noqa: PLC0415
-    from odt.config import FinetuneConfig  # noqa: PLC0415
-
     trainer, _ = warm(config, cuda_graph=None, warmup=2, batch_size=batch_size, context_len=context_len)
     cfg = FinetuneConfig(batch_size=batch_size)
     envs = hopper_vector_env(cfg.rollouts_per_round)
@@ -176,12 +175,28 @@ def finetune_round(config, *, rounds: int, batch_size: int, context_len: int) ->
                 parts[k].append(v)
     envs.close()
     totals = [sum(p) for p in zip(*parts.values())]
-    figures = [Figure(f"finetuning round, {label(config)}: {k} / whole round "
-                      f"({cfg.updates_per_round} updates, 1000-step episode)", [v / t for v, t in zip(parts[k], totals)],
-                      "x") for k in parts]
-    rows = [{"config": label(config), "step": f"round: {k}", "median_s": float(sorted(v)[len(v) // 2]),
-             "min_s": float(min(v)), "max_s": float(max(v)), "repeats": rounds, "updates_per_repeat": cfg.updates_per_round,
-             "device": "cuda"} for k, v in parts.items()]
+    figures = [
+        Figure(
+            f"finetuning round, {label(config)}: {k} / whole round "
+            f"({cfg.updates_per_round} updates, 1000-step episode)",
+            [v / t for v, t in zip(parts[k], totals)],
+            "x",
+        )
+        for k in parts
+    ]
+    rows = [
+        {
+            "config": label(config),
+            "step": f"round: {k}",
+            "median_s": float(sorted(v)[len(v) // 2]),
+            "min_s": float(min(v)),
+            "max_s": float(max(v)),
+            "repeats": rounds,
+            "updates_per_repeat": cfg.updates_per_round,
+            "device": "cuda",
+        }
+        for k, v in parts.items()
+    ]
     del trainer
     gc.collect()
     torch.cuda.empty_cache()
@@ -195,10 +210,6 @@ def paper_profile_hours(single: float, aggregate: float) -> tuple[float, float, 
     at the aggregate rate, each seed at least updates_per_round x online_samples / (rollouts
     x max_ep_len) updates (every episode at full length; shorter episodes mean more rounds).
     """
-    import yaml  # noqa: PLC0415
-
-    from pipeline.profile import render  # noqa: PLC0415
-
     raw = yaml.safe_load(render("paper", root=Path(__file__).resolve().parent.parent))
     pre = fine = 0.0
     for block in raw["tasks"].values():
@@ -237,18 +248,23 @@ def run(*, updates: int = 50, warmup: int = 5, configs: tuple[str | tuple[int, i
     failures = []  # one failing part must not lose the others' figures
     if rounds:
         try:
-            figs, round_rows = finetune_round(seed_config, rounds=rounds, batch_size=batch_size, context_len=context_len)
+            figs, round_rows = finetune_round(
+                seed_config, rounds=rounds, batch_size=batch_size, context_len=context_len
+            )
             figures += figs
             rows += round_rows
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             failures.append(f"finetuning round: {type(err).__name__}: {err}")
 
     best = {}
-    for way, fn in (("processes (joblib, loky)", seeds_in_processes), ("one process, a CUDA stream each", seeds_on_streams)):
+    for way, fn in (
+        ("processes (joblib, loky)", seeds_in_processes),
+        ("one process, a CUDA stream each", seeds_on_streams),
+    ):
         for n in seeds:
             try:
                 r = fn(seed_config, n, seconds=seconds, batch_size=batch_size, context_len=context_len, chunk=chunk)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 failures.append(f"{n} seeds, {way}: {type(err).__name__}: {err}")
                 gc.collect()
                 torch.cuda.empty_cache()

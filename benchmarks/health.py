@@ -1,6 +1,6 @@
 """Run health: pretraining curves of ODT variants, one change at a time from the cpu profile, over 3 seeds.
 
-    python -m benchmarks.health --data data/hopper-medium-v2/hopper-medium-v2.hdf5 --out reports/cpu-profile/health
+    python -m benchmarks.health --data data/hopper-medium-v2/hopper-medium-v2.hdf5 --out reports/cpu-profile/sac-data-2026-12-02/health
 
 Every variant pretrains with the `cpu` profile's settings but one (d64 L2 H2, K=10, batch 64,
 LAMB lr 5e-4 wd 5e-4 decoupled, warmup 1000, dropout 0.1, log-std in [-5, 2], target entropy
@@ -13,16 +13,37 @@ evaluation curve), `diagnostics.csv` (the baseline's training metrics every 100 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import torch
+from joblib import Parallel, delayed
+
+from odt import MemoryLogger, ModelConfig, PretrainConfig, pretrain
+from odt.datasets.hdf5 import load_d4rl_hdf5
+from odt.envs import make_env
 
 BASE_MODEL = dict(context_len=10, embed_dim=64, n_layer=2, n_head=2, dropout=0.1, max_ep_len=1000,
                   use_positional_embedding=False)
-BASE_TRAIN = dict(pretrain_updates=5000, batch_size=64, learning_rate=5e-4, weight_decay=5e-4, warmup_steps=1000,
-                  g_eval=3600, eval_context_len=10, eval_episodes=10, log_every=100, checkpoint_every=1000, eval_every=500)
+BASE_TRAIN = dict(
+    pretrain_updates=5000,
+    batch_size=64,
+    learning_rate=5e-4,
+    weight_decay=5e-4,
+    warmup_steps=1000,
+    g_eval=3600,
+    eval_context_len=10,
+    eval_episodes=10,
+    log_every=100,
+    checkpoint_every=1000,
+    eval_every=500,
+)
 # name: (model changes, training changes); one lever at a time
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "baseline (cpu profile)": ({}, {}),
@@ -43,14 +64,6 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 def one_run(name: str, seed: int, data_path: str, updates: int, eval_every: int) -> dict[str, Any]:
-    import functools
-
-    import torch
-
-    from odt import MemoryLogger, ModelConfig, PretrainConfig, pretrain
-    from odt.datasets.hdf5 import load_d4rl_hdf5
-    from odt.envs import make_env
-
     torch.set_num_threads(1)
     model_changes, train_changes = VARIANTS[name]
     data = load_d4rl_hdf5(data_path, task="hopper-medium-v2")
@@ -58,8 +71,17 @@ def one_run(name: str, seed: int, data_path: str, updates: int, eval_every: int)
     cfg = PretrainConfig(**{**BASE_TRAIN, "pretrain_updates": updates, "eval_every": eval_every,
                             "checkpoint_every": eval_every, **train_changes})
     logger = MemoryLogger()
-    run = pretrain(data, model, cfg, functools.partial(make_env, "hopper-medium-v2"), task="hopper-medium-v2", seed=seed,
-                   device="cpu", logger=logger, progress=False)
+    run = pretrain(
+        data,
+        model,
+        cfg,
+        functools.partial(make_env, "hopper-medium-v2"),
+        task="hopper-medium-v2",
+        seed=seed,
+        device="cpu",
+        logger=logger,
+        progress=False,
+    )
     return {"variant": name, "seed": seed, "evaluations": run.evaluations, "wall_time": run.wall_time,
             "rows": [{"updates": s, **r} for s, r in logger.rows]}
 
@@ -74,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variant names")
     ap.add_argument("--n-jobs", type=int, default=2)
     args = ap.parse_args(argv)
-    from joblib import Parallel, delayed
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,26 +109,28 @@ def main(argv: list[str] | None = None) -> int:
         with open(done_path, "a") as f:  # one line per finished run: a rerun continues where it stopped
             f.write(json.dumps(result) + "\n")
         done.append(result)
-        print(f"{result['variant']} seed {result['seed']}: final {result['evaluations'][-1]['eval_normalized']:.1f} "
-              f"best {max(e['eval_normalized'] for e in result['evaluations']):.1f} ({result['wall_time']:.0f} s)", flush=True)
+        print(
+            f"{result['variant']} seed {result['seed']}: final {result['evaluations'][-1]['eval_normalized']:.1f} "
+            f"best {max(e['eval_normalized'] for e in result['evaluations']):.1f} ({result['wall_time']:.0f} s)",
+            flush=True,
+        )
     write_summary(out, [r for r in done if r["variant"] in names], names)
     return 0
 
 
 def write_summary(out: Path, runs: list[dict[str, Any]], names: list[str]) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
 
     curves = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], **e} for r in runs for e in r["evaluations"]])
     curves.to_csv(out / "variants.csv", index=False, float_format="%.4f")
     base = [r for r in runs if r["variant"] == names[0]]
     pd.DataFrame([{"seed": r["seed"], **row} for r in base for row in r["rows"]]).to_csv(
         out / "diagnostics.csv", index=False, float_format="%.5g")
-    lines = ["| variant | seeds | final (mean ± std) | best on the way | final / best | at 3000 | at 4000 | length std at the end |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| variant | seeds | final (mean ± std) | best on the way | final / best | at 3000 | at 4000 "
+        "| length std at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     half = -(-len(names) // 2)  # the first half of the variants on the left, the rest on the right
     for i, name in enumerate(names):

@@ -21,9 +21,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_most, synthetic_trajectories
+from odt.config import ModelConfig, OptimConfig
 from odt.data import Trajectory
+from odt.datasets.hdf5 import load_d4rl_hdf5
+from odt.replay import TrajectoryReplayBuffer
+from odt.trainer import ODTTrainer
 
 MAX_COPIES = 1.1  # the buffer adds a returns-to-go column (4 of 65 bytes per transition)
 
@@ -49,19 +54,8 @@ def write_dataset(path: Path, transitions: int, n_traj: int, seed: int = 0) -> i
 
 
 def load(path: Path) -> list[Trajectory]:
-    """The project's loader when it exists (odt/datasets/hdf5.py), else a plain split at episode ends."""
-    try:
-        from odt.datasets.hdf5 import load_d4rl_hdf5
-    except ImportError:
-        load_d4rl_hdf5 = None
-    if load_d4rl_hdf5 is not None:
-        return load_d4rl_hdf5(path)
-    with h5py.File(path, "r") as f:
-        obs, act, rew = f["observations"][:], f["actions"][:], f["rewards"][:]
-        ends = np.flatnonzero(f["terminals"][:] | f["timeouts"][:]) + 1
-        term = f["terminals"][:]
-    bounds = np.concatenate(([0], ends))
-    return [Trajectory(obs[a:b], act[a:b], rew[a:b], term[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    """The dataset through the project's loader (odt/datasets/hdf5.py)."""
+    return load_d4rl_hdf5(path)
 
 
 def _owner(a: np.ndarray) -> np.ndarray:
@@ -97,12 +91,6 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def child(path: Path, updates: int) -> dict:
-    import torch
-
-    from odt.config import ModelConfig, OptimConfig
-    from odt.replay import TrajectoryReplayBuffer
-    from odt.trainer import ODTTrainer
-
     torch.set_num_threads(1)
     model_cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=10, embed_dim=32, n_layer=1, n_head=1)
     cfg = OptimConfig(batch_size=32)

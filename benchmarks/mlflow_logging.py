@@ -21,7 +21,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from benchmarks.common import ACT_DIM, OBS_DIM, Figure, Result, at_most, synthetic_trajectories
 from odt.checkpoint import save_policy
@@ -29,6 +28,7 @@ from odt.config import FinetuneConfig, ModelConfig
 from odt.loops import finetune
 from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import ODTTrainer
+from pipeline.tracking import RunLogger, Tracker
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PCT = 2.0
@@ -67,8 +67,6 @@ class TimedLogger:
 
 def finetune_once(tracker, run_key: str, workdir: Path, *, model: ModelConfig, cfg: FinetuneConfig, seed: int) -> dict:
     """One tracked finetuning run; returns wall time, time in tracking calls, rows and calls."""
-    from pipeline.tracking import RunLogger
-
     mlflow_time = Stopwatch()
     start = time.perf_counter()
     trainer = ODTTrainer(model, cfg, TrajectoryReplayBuffer(10_000, synthetic_trajectories(50, max_len=300, seed=seed)),
@@ -110,9 +108,7 @@ def run(*, repeats: int = 3, quick: bool = False) -> Result:
         model = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=5, embed_dim=32, n_layer=1, n_head=1)
     with tempfile.TemporaryDirectory(prefix="odt-bench-mlflow-") as tmp:
         t0 = time.perf_counter()
-        import mlflow.tracking  # noqa: F401
 
-        from pipeline.tracking import Tracker
 
         import_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -127,11 +123,14 @@ def run(*, repeats: int = 3, quick: bool = False) -> Result:
     rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in runs]
     rows += [{"wall_s": None, "mlflow_s": round(store_s, 3), "tracking_calls": "store creation (once per repo)"},
              {"wall_s": None, "mlflow_s": round(import_s, 3), "tracking_calls": "import mlflow (once per process)"}]
-    notes = [f"Model d{model.embed_dim} L{model.n_layer}, B={cfg.batch_size}, {cfg.updates_per_round} updates per round, "
-             f"{cfg.online_samples} online samples, evaluation every {cfg.eval_every_rounds} rounds "
-             f"({cfg.eval_episodes} episodes); a row sent every round, as odt.loops.finetune logs; sqlite store {db_mb:.1f} MB at the end.",
-             "Each repeat is one full run (runs, params, rows, summary, artifacts, end); share per run, "
-             "median [min, max] over runs."]
+    notes = [
+        f"Model d{model.embed_dim} L{model.n_layer}, B={cfg.batch_size}, {cfg.updates_per_round} updates per round, "
+        f"{cfg.online_samples} online samples, evaluation every {cfg.eval_every_rounds} rounds "
+        f"({cfg.eval_episodes} episodes); a row sent every round, as odt.loops.finetune logs; "
+        f"sqlite store {db_mb:.1f} MB at the end.",
+        "Each repeat is one full run (runs, params, rows, summary, artifacts, end); share per run, "
+        "median [min, max] over runs.",
+    ]
     return Result("logging", "MLflow logging", figures, rows, notes)
 
 

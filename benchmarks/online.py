@@ -31,14 +31,39 @@ def run(*, samples: int = 3000, repeats: int = 3) -> Result:
     model = ModelConfig(state_dim=11, act_dim=3, context_len=10, embed_dim=64, n_layer=2, n_head=2)
     big = samples * 10  # no evaluation between the first and the last
     sides = {
-        "ODT": lambda: finetune(ODTTrainer(model, OptimConfig(batch_size=64), TrajectoryReplayBuffer(100, data), device="cpu"),
-                                FinetuneConfig(batch_size=64, buffer_size=100, updates_per_round=100, online_samples=samples,
-                                               eval_episodes=1, eval_every_rounds=big, eval_context_len=5),
-                                hopper, device="cpu", progress=False),
-        "IQL": lambda: iql(data, IQLConfig(hidden_dim=128, offline_updates=0, online_samples=samples, eval_every=big,
-                                           eval_episodes=1, log_every=big), hopper, progress=False),
-        "SAC": lambda: sac(SACConfig(hidden_dim=128, online_samples=samples, eval_every=big, eval_episodes=1, log_every=big),
-                           hopper, progress=False),
+        "ODT": lambda: finetune(
+            ODTTrainer(model, OptimConfig(batch_size=64), TrajectoryReplayBuffer(100, data), device="cpu"),
+            FinetuneConfig(
+                batch_size=64,
+                buffer_size=100,
+                updates_per_round=100,
+                online_samples=samples,
+                eval_episodes=1,
+                eval_every_rounds=big,
+                eval_context_len=5,
+            ),
+            hopper,
+            device="cpu",
+            progress=False,
+        ),
+        "IQL": lambda: iql(
+            data,
+            IQLConfig(
+                hidden_dim=128,
+                offline_updates=0,
+                online_samples=samples,
+                eval_every=big,
+                eval_episodes=1,
+                log_every=big,
+            ),
+            hopper,
+            progress=False,
+        ),
+        "SAC": lambda: sac(
+            SACConfig(hidden_dim=128, online_samples=samples, eval_every=big, eval_episodes=1, log_every=big),
+            hopper,
+            progress=False,
+        ),
     }
     timings = interleaved(sides, repeats)
     rates = {name: [int(run.final["online_samples"]) / seconds for seconds, run in timings[name]] for name in sides}
@@ -46,9 +71,11 @@ def run(*, samples: int = 3000, repeats: int = 3) -> Result:
                for name in ("IQL", "SAC")]
     rows = [{"algorithm": name, "env steps/s (median)": round(float(np.median(r)), 1),
              "min": round(min(r), 1), "max": round(max(r), 1)} for name, r in rates.items()]
-    notes = [f"{samples} online samples per side, {repeats} repeats, order rotated; torch 1 thread. "
-             "ODT: 100 updates per round of about one episode (about 0.5-4 updates per step at these episode "
-             "lengths, with its batched rollout); IQL and SAC: one update per step, 128-unit layers (the cpu profile's)."]
+    notes = [
+        f"{samples} online samples per side, {repeats} repeats, order rotated; torch 1 thread. "
+        "ODT: 100 updates per round of about one episode (about 0.5-4 updates per step at these episode "
+        "lengths, with its batched rollout); IQL and SAC: one update per step, 128-unit layers (the cpu profile's)."
+    ]
     return Result("online", "Online phases: environment steps/s of ODT, IQL and SAC", figures, rows, notes)
 
 

@@ -125,10 +125,17 @@ def run(
             rows.append({"N": N, "side": k, "median_steps_per_s": float(np.median(v)),
                          "min": float(np.min(v)), "max": float(np.max(v))})
         envs.close()
-    notes = [f"{env_id} (terminate_when_unhealthy=False), {steps} steps per episode, small model "
-             f"(d{cfg.embed_dim} L{cfg.n_layer} H{cfg.n_head}), evaluation context K={K}, "
-             f"torch threads={torch.get_num_threads()}, network on {device}"
-             + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast, forward replayed from a CUDA graph)" if device == "cuda" else "") + "."]
+    notes = [
+        f"{env_id} (terminate_when_unhealthy=False), {steps} steps per episode, small model "
+        f"(d{cfg.embed_dim} L{cfg.n_layer} H{cfg.n_head}), evaluation context K={K}, "
+        f"torch threads={torch.get_num_threads()}, network on {device}"
+        + (
+            f" ({torch.cuda.get_device_name(0)}, bf16 autocast, forward replayed from a CUDA graph)"
+            if device == "cuda"
+            else ""
+        )
+        + "."
+    ]
     if device == "cuda":
         return Result("rollout_gpu", "Rollouts on a GPU", figures, rows, notes)
     return Result("rollout", "Rollouts", figures, rows, notes)

@@ -31,16 +31,26 @@ DEFAULT_OUT = ROOT / "reports" / "benchmarks.md"
 # name: (module, full-size kwargs, --quick kwargs)
 BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "sampler": ("benchmarks.sampler", {}, {"repeats": 3, "n_traj": 200, "loop_calls": 3, "odt_calls": 50}),
-    "update": ("benchmarks.update", {"configs": {"small": 3, "paper": 1}, "repeats": {"small": 5, "paper": 3}},
-               {"configs": {"small": 1}, "repeats": 3, "batch_size": 64}),
+    "update": (
+        "benchmarks.update",
+        {"configs": {"small": 3, "paper": 1}, "repeats": {"small": 5, "paper": 3}},
+        {"configs": {"small": 1}, "repeats": 3, "batch_size": 64},
+    ),
     "rollout": ("benchmarks.rollout", {}, {"num_envs": (10,), "steps": 50, "repeats": 3}),
-    "rollout_gpu": ("benchmarks.rollout", {"device": "cuda"}, {"device": "cuda", "num_envs": (10,), "steps": 50, "repeats": 3}),
+    "rollout_gpu": (
+        "benchmarks.rollout",
+        {"device": "cuda"},
+        {"device": "cuda", "num_envs": (10,), "steps": 50, "repeats": 3},
+    ),
     "memory": ("benchmarks.memory", {}, {"transitions": 100_000, "n_traj": 100}),
     "threads": ("benchmarks.threads", {}, {"configs": ("quick",), "updates": 20, "repeats": 2}),
     "logging": ("benchmarks.mlflow_logging", {}, {"quick": True}),
     "online": ("benchmarks.online", {}, {"samples": 300, "repeats": 1}),
-    "gpu": ("benchmarks.gpu", {}, {"updates": 10, "warmup": 2, "ratio_repeats": 1, "seeds": (1, 2), "seconds": 2.0,
-                                   "rounds": 1}),
+    "gpu": (
+        "benchmarks.gpu",
+        {},
+        {"updates": 10, "warmup": 2, "ratio_repeats": 1, "seeds": (1, 2), "seconds": 2.0, "rounds": 1},
+    ),
     "e2e": ("benchmarks.e2e", {}, {}),
 }
 DEFAULT = ["sampler", "update", "rollout", "memory", "threads", "logging", "online", "gpu", "rollout_gpu"]
@@ -57,7 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e", action="store_true", help="also time `make repro` from a fresh clone (tens of minutes)")
     p.add_argument("--gpu", action="store_true", help="run only the GPU benchmark (reports when no GPU is found)")
     p.add_argument("--quick", action="store_true", help="small sizes: checks that everything runs, numbers are rough")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (a .json with the raw values goes beside it)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="markdown report (a .json with the raw values goes beside it)"
+    )
     args = p.parse_args(argv)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -111,7 +123,9 @@ def render(sections: dict[str, dict[str, Any]]) -> str:
     for n in order:
         s = sections[n]
         if s["skipped"]:
-            summary.append({"benchmark": s["title"], "figure": s["skipped"], "median [min, max]": "", "target": "", "met": ""})
+            summary.append(
+                {"benchmark": s["title"], "figure": s["skipped"], "median [min, max]": "", "target": "", "met": ""}
+            )
         for f in s["figures"]:
             spread = "" if len(f["values"]) == 1 else f" [{_fmt(f['min'], f['unit'])}, {_fmt(f['max'], f['unit'])}]"
             summary.append({"benchmark": s["title"], "figure": f["name"],

@@ -78,7 +78,9 @@ def run(*, configs: tuple[str, ...] = ("quick", "cpu"), updates: int = 20, repea
                     stop(procs)
                 load_avg = f"{before_load:.2f} -> {os.getloadavg()[0]:.2f}"
                 ratio = [a / b for a, b in zip(rates[1], rates[cores])]
-                figures.append(Figure(f"{config} pretraining, {load}: updates/s with 1 thread / with {cores}", ratio, "x"))
+                figures.append(
+                    Figure(f"{config} pretraining, {load}: updates/s with 1 thread / with {cores}", ratio, "x")
+                )
                 for n in threads:
                     rows.append({"config": config, "machine": load, "threads": n,
                                  "median_updates_per_s": float(np.median(rates[n])),

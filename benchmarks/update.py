@@ -37,23 +37,36 @@ def make_trainer(
 ) -> ODTTrainer:
     d, L, H = CONFIGS[config] if isinstance(config, str) else config
     trajs = synthetic_trajectories(n_traj, min_len=20, max_len=1000, seed=seed)
-    model_cfg = ModelConfig(state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=context_len, embed_dim=d, n_layer=L, n_head=H)
-    return ODTTrainer(model_cfg, OptimConfig(batch_size=batch_size), TrajectoryReplayBuffer(len(trajs), trajs), seed=seed,
-                      device=device, cuda_graph=cuda_graph)
+    model_cfg = ModelConfig(
+        state_dim=OBS_DIM, act_dim=ACT_DIM, context_len=context_len, embed_dim=d, n_layer=L, n_head=H
+    )
+    return ODTTrainer(
+        model_cfg,
+        OptimConfig(batch_size=batch_size),
+        TrajectoryReplayBuffer(len(trajs), trajs),
+        seed=seed,
+        device=device,
+        cuda_graph=cuda_graph,
+    )
 
 
 def bare_step_fn(trainer: ODTTrainer):
     """Forward, policy loss, backward, LAMB step on one fixed batch already on the device."""
     batch = to_device(trainer._sample(), trainer.device)
-    batch["states"] = (batch["states"] - trainer._mean_t) / trainer._std_t  # normalised, as the update's first line does
+    # normalised, as the update's first line does
+    batch["states"] = (batch["states"] - trainer._mean_t) / trainer._std_t
     model, opt, dev = trainer.model, trainer.optimizer, trainer.device
     temperature = trainer.temperature.detach()
 
     def step() -> None:
         model.train()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            mean, log_std = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-        loss, _, _ = policy_loss(TanhNormal(mean.float(), log_std.float()), batch["actions"], batch["mask"], temperature)
+            mean, log_std = model(
+                batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"]
+            )
+        loss, _, _ = policy_loss(
+            TanhNormal(mean.float(), log_std.float()), batch["actions"], batch["mask"], temperature
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

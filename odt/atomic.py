@@ -23,8 +23,8 @@ import resource
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -29,7 +29,10 @@ COLUMNS = {
     "iql_online": ("iql", "online_normalized", "iql_online"),
     "sac_online": ("sac", "online_normalized", "sac_online"),
 }
-DELTAS = {"odt_delta": ("odt_online", "odt_offline", "delta_odt"), "iql_delta": ("iql_online", "iql_offline", "delta_iql")}
+DELTAS = {
+    "odt_delta": ("odt_online", "odt_offline", "delta_odt"),
+    "iql_delta": ("iql_online", "iql_offline", "delta_iql"),
+}
 TITLES = {"dt": "DT", "odt_offline": "ODT offline", "odt_online": "ODT online", "odt_delta": "δ ODT",
           "iql_offline": "IQL offline", "iql_online": "IQL online", "iql_delta": "δ IQL", "sac_online": "SAC online"}
 ONLINE = {"odt": "finetune", "iql": "iql", "sac": "sac"}  # Figure E.1's curves: column -> what produced them
@@ -83,7 +86,8 @@ def scores(task: str, results: dict[str, list[dict[str, Any]]]) -> Row:
 
 
 def online_curves(task_curves: dict[str, list], budget: int) -> list[Row]:
-    """One row per grid point of [0, budget]: each algorithm's mean, lower, upper over seeds (empty where it did not run)."""
+    """One row per grid point of [0, budget]: each algorithm's mean, lower, upper over seeds (empty where it did not
+    run)."""
     rows: list[Row] = [{"online_samples": float(x)} for x in np.linspace(0, budget, 21)]
     for col, source in ONLINE.items():
         agg = curves.aggregate(task_curves[source], budget) if source in task_curves else None
@@ -168,15 +172,32 @@ def markdown(rows: list[Row], *, setting: str, seeds: int, notes: Sequence[str] 
         lines.append(f"| {r['task']} | {r['online_samples']:,} | " + " | ".join(cells) + f" | {pattern(r)} |")
     shared = [r for r in rows if r["sac_from"] and r["sac_from"] != r["task"]]
     if shared:
-        lines += ["", "SAC learns from scratch, so it runs once per environment: " + ", ".join(
-            f"{r['task']}'s SAC column is {r['sac_from']}'s run" for r in shared) + " (the paper leaves those cells empty)."]
-    lines += ["", "Pretraining, best evaluation on the way (mean over seeds) vs the final one reported as ODT offline:", "",
-              "| task | ODT offline (final) | best during pretraining |", "|---|---:|---:|"]
+        lines += [
+            "",
+            "SAC learns from scratch, so it runs once per environment: "
+            + ", ".join(f"{r['task']}'s SAC column is {r['sac_from']}'s run" for r in shared)
+            + " (the paper leaves those cells empty).",
+        ]
+    lines += [
+        "",
+        "Pretraining, best evaluation on the way (mean over seeds) vs the final one reported as ODT offline:",
+        "",
+        "| task | ODT offline (final) | best during pretraining |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {r['task']} | {r['odt_offline_mean']:.2f} | {r['pretrain_best_mean']:.2f} |" for r in rows]
-    lines += ["", "Learning rate and weight decay of ODT:", "",
-              "| task | pretrain lr | pretrain wd | from | finetune lr | finetune wd | from |", "|---|---:|---:|---|---:|---:|---|"]
-    lines += [f"| {r['task']} | {r['pretrain_lr']:g} | {r['pretrain_wd']:g} | {r['pretrain_hparams']} | {r['finetune_lr']:g} "
-              f"| {r['finetune_wd']:g} | {r['finetune_hparams']} |" for r in rows]
+    lines += [
+        "",
+        "Learning rate and weight decay of ODT:",
+        "",
+        "| task | pretrain lr | pretrain wd | from | finetune lr | finetune wd | from |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['pretrain_lr']:g} | {r['pretrain_wd']:g} | {r['pretrain_hparams']} | {r['finetune_lr']:g} "
+        f"| {r['finetune_wd']:g} | {r['finetune_hparams']} |"
+        for r in rows
+    ]
     for note in notes:
         lines += ["", note]
     return "\n".join([*lines, ""])

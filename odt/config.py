@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
+from odt.tasks import get_task
+
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -29,7 +31,7 @@ class EvalConfig(_Config):
     eval_episodes: PosInt = 10
 
     @property
-    def evaluation(self) -> "EvalConfig":
+    def evaluation(self) -> EvalConfig:
         """Just the evaluation settings of a phase config."""
         return EvalConfig(**{k: getattr(self, k) for k in EvalConfig.model_fields})
 
@@ -59,7 +61,7 @@ class PretrainConfig(OptimConfig, EvalConfig):
     eval_every: NonNegInt = 0  # updates between two evaluations; 0: only at the end
 
     @model_validator(mode="after")
-    def _check(self) -> "PretrainConfig":
+    def _check(self) -> PretrainConfig:
         for name in ("checkpoint_every", "eval_every"):
             if getattr(self, name) % self.log_every:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of log_every ({self.log_every})")
@@ -100,7 +102,7 @@ class ModelConfig:
     reward_scale: Annotated[float, Field(gt=0)] = 0.001
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.embed_dim % self.n_head:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by n_head ({self.n_head})")
         if self.log_std_min >= self.log_std_max:
@@ -176,11 +178,9 @@ def validate(cls: type, values: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"invalid {where}: {err}") from None
 
 
-def task_model(task: str, values: dict[str, Any], where: str = "model config") -> "ModelConfig":
+def task_model(task: str, values: dict[str, Any], where: str = "model config") -> ModelConfig:
     """The task's ModelConfig: dims and reward scale from odt.tasks, the rest from `values` (which leave the dims to
     the task), validated to one line."""
-    from odt.tasks import get_task  # noqa: PLC0415
-
     for key in ("state_dim", "act_dim"):
         if key in values:
             raise ConfigError(f"{where}: '{key}' comes from the task, remove it")

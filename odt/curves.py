@@ -9,12 +9,15 @@ import numpy as np
 
 from odt.atomic import atomic_path, write_text
 
-SCORES = ["eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]  # a curve.csv row: x columns, then these
+# a curve.csv row: x columns, then these
+SCORES = ["eval_return", "eval_return_std", "eval_normalized", "eval_normalized_std"]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
     """Floats as repr (they read back exactly)."""
-    fmt = lambda v: repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
+    def fmt(v) -> str:
+        return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
     lines = [",".join(columns)] + [",".join(fmt(r.get(c, "")) for c in columns) for r in rows]
     return write_text(path, "\n".join(lines) + "\n")
 
@@ -24,7 +27,9 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def aggregate(curves: list[list[dict[str, float]]], budget: int, points: int = 21, x: str = "online_samples") -> list[dict[str, float]]:
+def aggregate(
+    curves: list[list[dict[str, float]]], budget: int, points: int = 21, x: str = "online_samples"
+) -> list[dict[str, float]]:
     """Mean and std over seeds of normalized return vs `x` (online samples).
 
     Seeds evaluate at different sample counts (episode lengths differ), so each curve is
@@ -57,10 +62,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
 def plot(path: Path, series: dict[str, list[dict[str, float]]], *, title: str, x: str = "online_samples",
          xlabel: str = "online samples", lines: dict[str, float] | None = None) -> Path:
     """Each series' mean line and +-std band over seeds; `lines` as horizontal levels. PNG, written atomically."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for i, (label, curve) in enumerate(series.items()):
@@ -90,7 +95,7 @@ def plot_seed(path: Path, rows: list[dict[str, float]], *, seed: int, title: str
 
 def save_figure(fig, path: Path, **savefig) -> Path:
     """A matplotlib figure as PNG, written atomically (never half a file), then closed."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
     try:
         with atomic_path(path, suffix=".png") as tmp:

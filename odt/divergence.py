@@ -39,7 +39,7 @@ class Diverged(RuntimeError):
         return {"step": self.step, "quantity": self.quantity, "value": self.value, "detail": self.detail,
                 "learning_rate": self.learning_rate, "where": self.where, "setting": self.setting}
 
-    def named(self, where: str, setting: str | None = None) -> "Diverged":
+    def named(self, where: str, setting: str | None = None) -> Diverged:
         """The same divergence, naming who (e.g. "pretrain hopper-medium-v2 seed 3") and the setting to lower."""
         return Diverged(**{**self._fields(), "where": where, "setting": setting or self.setting})
 

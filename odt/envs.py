@@ -14,7 +14,8 @@ import functools
 import json
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -93,10 +94,12 @@ def make_env(task: str | TaskSpec, version: str = "v5", *, fixed_obs: tuple[np.n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's "v4 is out of date" notice: the version is chosen on purpose
         if spec.is_antmaze:
-            import gymnasium_robotics  # noqa: PLC0415
+            import gymnasium_robotics  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
             gym.register_envs(gymnasium_robotics)
-            env = D4RLAntMaze(gym.make(env_id, continuing_task=False, max_episode_steps=spec.max_episode_steps, **kwargs))
+            env = D4RLAntMaze(
+                gym.make(env_id, continuing_task=False, max_episode_steps=spec.max_episode_steps, **kwargs)
+            )
         elif spec.env == "ant":
             env = gym.make(env_id, use_contact_forces=True, max_episode_steps=spec.max_episode_steps, **kwargs)
         else:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -77,7 +77,7 @@ class CudaGraphPolicy:
 
 # captured graphs per model, by shape; dropped with the model. The key holds the
 # parameters' addresses: moving or reallocating them makes a new capture.
-_GRAPHS: "weakref.WeakKeyDictionary[DecisionTransformer, dict]" = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[DecisionTransformer, dict] = weakref.WeakKeyDictionary()
 
 
 def cuda_graph_policy(model: DecisionTransformer, n: int, k: int) -> CudaGraphPolicy | None:
@@ -94,6 +94,90 @@ def cuda_graph_policy(model: DecisionTransformer, n: int, k: int) -> CudaGraphPo
             warnings.warn(f"CUDA graph capture of the policy failed ({err}); rollouts run eagerly", stacklevel=3)
             graphs[key] = None
     return graphs[key]
+
+
+class _Context:
+    """What the model reads at step t: the last K steps of every env (normalised states, actions, RTG tokens,
+    timesteps), left-padded with K - 1 masked slots so that every forward pass has the same shape."""
+
+    def __init__(self, model: DecisionTransformer, n: int, horizon: int, k: int, dims: tuple[int, int],
+                 state_stats: tuple[np.ndarray, np.ndarray], cuda_graph: bool):
+        device = next(model.parameters()).device
+        (obs_dim, act_dim), pad = dims, k - 1  # pad: leading slots so that the window [t, t + K) is always in range
+        self.model, self.n, self.k, self.pad, self.device = model, n, k, pad, device
+        self.state_mean, self.state_std = (torch.as_tensor(x, dtype=torch.float32, device=device) for x in state_stats)
+        self.states = torch.zeros(n, pad + horizon, obs_dim, device=device)
+        self.actions = torch.zeros(n, pad + horizon, act_dim, device=device)
+        self.rtg = torch.zeros(n, pad + horizon, device=device)
+        self.time = torch.zeros(pad + horizon, dtype=torch.long, device=device)
+        self.time[pad:] = torch.arange(horizon, device=device).clamp_max(model.cfg.max_ep_len - 1)
+        self.slots = torch.arange(k, device=device)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.graph = cuda_graph_policy(model, n, k) if cuda_graph and device.type == "cuda" else None
+
+    def policy(self, t: int, obs: np.ndarray, rtg: np.ndarray, live: np.ndarray, rows) -> tuple[torch.Tensor, ...]:
+        """The policy head's (mean, log_std) for the live envs' rows after observing `obs` with RTG `rtg` at step t."""
+        K, N, pad, device = self.k, self.n, self.pad, self.device
+        state = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        self.states[:, pad + t] = (state - self.state_mean) / self.state_std
+        self.rtg[:, pad + t] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
+        window = slice(t, t + K)  # in padded coordinates: steps t-K+1 .. t
+        # the first K - 1 steps: slots before step 0 are padding (the same in every row)
+        slot_mask = (self.slots >= K - 1 - t).float() if t < K - 1 else None
+        if self.graph is not None:  # all N rows, always; finished envs' rows are computed and ignored
+            mean, log_std = self.graph(self.states[:, window], self.actions[:, window], self.rtg[:, window],
+                                       self.time[window].expand(N, K),
+                                       None if slot_mask is None else slot_mask.expand(N, K))
+            if len(live) < N:
+                mean, log_std = mean[rows], None if log_std is None else log_std[rows]
+            return mean, log_std
+        with self.autocast:
+            return self.model(self.states[rows, window], self.actions[rows, window], self.rtg[rows, window],
+                              self.time[window].expand(len(live), K),
+                              None if slot_mask is None else slot_mask.expand(len(live), K), last_only=True)
+
+
+def _act(mean: torch.Tensor, log_std: torch.Tensor | None, sample: bool) -> torch.Tensor:
+    """The action of the last slot: sampled from the tanh-Gaussian (exploration) or its mode's tanh (evaluation)."""
+    mean = mean[:, -1].float()
+    if log_std is None:  # deterministic policy: the head already gives the action
+        return mean
+    if sample:
+        return TanhNormal(mean, log_std[:, -1].float()).sample()
+    return torch.tanh(mean)
+
+
+@dataclass
+class _Record:
+    """What each env observed, did and received, step by step until it ended: its episode as a dataset stores it."""
+
+    obs: np.ndarray  # (N, T, obs) float32
+    act: np.ndarray  # (N, T, act) float32
+    rew: np.ndarray  # (N, T) float32
+    term: np.ndarray  # (N, T) bool
+    lengths: np.ndarray  # (N,) int64
+
+    @classmethod
+    def empty(cls, n: int, horizon: int, obs_dim: int, act_dim: int) -> _Record:
+        return cls(np.zeros((n, horizon, obs_dim), dtype=np.float32), np.zeros((n, horizon, act_dim), dtype=np.float32),
+                   np.zeros((n, horizon), dtype=np.float32), np.zeros((n, horizon), dtype=bool),
+                   np.zeros(n, dtype=np.int64))
+
+    def step(self, t: int, live: np.ndarray, actions: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+             truncated: np.ndarray) -> np.ndarray:
+        """Step t of the live envs; returns the envs whose episode ended with it."""
+        self.act[live, t] = actions[live]
+        self.rew[live, t] = reward[live]
+        self.lengths[live] += 1
+        ended = live[(terminated | truncated)[live]]
+        self.term[ended, t] = terminated[ended]
+        return ended
+
+    def result(self) -> RolloutResult:
+        trajectories = [Trajectory(self.obs[i, :n], self.act[i, :n], self.rew[i, :n], self.term[i, :n])
+                        for i, n in enumerate(self.lengths)]
+        returns = np.array([t.episode_return for t in trajectories])
+        return RolloutResult(returns=returns, lengths=self.lengths, trajectories=trajectories)
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: cheaper than no_grad per op
@@ -119,93 +203,33 @@ def rollout(
     replays a captured graph (`cuda_graph=False`: eager kernels) and keeps computing
     rows of finished envs, so that its shape never changes.
     """
-    device = next(model.parameters()).device
-    reward_scale = model.cfg.reward_scale
-    N = envs.num_envs
-    obs_dim = envs.single_observation_space.shape[0]
-    act_dim = envs.single_action_space.shape[0]
-    T = max_steps or model.cfg.max_ep_len
-    K = context_len
-    pad = K - 1  # leading slots so that the window [t, t + K) is always in range
+    N, T = envs.num_envs, max_steps or model.cfg.max_ep_len
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     was_training = model.training
     model.eval()
-
-    mean_t = torch.as_tensor(state_mean, dtype=torch.float32, device=device)
-    std_t = torch.as_tensor(state_std, dtype=torch.float32, device=device)
-    ctx_states = torch.zeros(N, pad + T, obs_dim, device=device)
-    ctx_actions = torch.zeros(N, pad + T, act_dim, device=device)
-    ctx_rtg = torch.zeros(N, pad + T, device=device)
-    ctx_time = torch.zeros(pad + T, dtype=torch.long, device=device)
-    ctx_time[pad:] = torch.arange(T, device=device).clamp_max(model.cfg.max_ep_len - 1)
-
-    obs_buf = np.zeros((N, T, obs_dim), dtype=np.float32)
-    act_buf = np.zeros((N, T, act_dim), dtype=np.float32)
-    rew_buf = np.zeros((N, T), dtype=np.float32)
-    term_buf = np.zeros((N, T), dtype=bool)
-    lengths = np.zeros(N, dtype=np.int64)
+    context = _Context(model, N, T, context_len, (obs_dim, act_dim), (state_mean, state_std), cuda_graph)
+    record = _Record.empty(N, T, obs_dim, act_dim)
     done = np.zeros(N, dtype=bool)
-    rtg = np.full(N, target_return * reward_scale, dtype=np.float64)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    slots = torch.arange(K, device=device)
+    rtg = np.full(N, target_return * model.cfg.reward_scale, dtype=np.float64)
     live, rows = np.arange(N), slice(None)  # while every env runs, index with a slice: views, no gather
-    policy = cuda_graph_policy(model, N, K) if cuda_graph and device.type == "cuda" else None
-    graphed = policy is not None
     obs, _ = envs.reset(seed=seeds)
     for t in range(T):
-        obs_buf[live, t] = obs[live]
-        ctx_states[:, pad + t] = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean_t) / std_t
-        ctx_rtg[:, pad + t] = torch.as_tensor(rtg, dtype=torch.float32, device=device)
-
-        window = slice(t, t + K)  # in padded coordinates: steps t-K+1 .. t
-        # the first K - 1 steps: slots before step 0 are padding (the same in every row)
-        slot_mask = (slots >= K - 1 - t).float() if t < K - 1 else None
-        if graphed:  # all N rows, always; finished envs' rows are computed and ignored
-            mean, log_std = policy(ctx_states[:, window], ctx_actions[:, window], ctx_rtg[:, window],
-                                   ctx_time[window].expand(N, K), None if slot_mask is None else slot_mask.expand(N, K))
-            if len(live) < N:
-                mean, log_std = mean[rows], None if log_std is None else log_std[rows]
-        else:
-            with autocast:
-                mean, log_std = model(
-                    ctx_states[rows, window],
-                    ctx_actions[rows, window],
-                    ctx_rtg[rows, window],
-                    ctx_time[window].expand(len(live), K),
-                    None if slot_mask is None else slot_mask.expand(len(live), K),
-                    last_only=True,
-                )
-        mean = mean[:, -1].float()
-        if log_std is None:  # deterministic policy: the head already gives the action
-            action = mean
-        elif sample:
-            action = TanhNormal(mean, log_std[:, -1].float()).sample()
-        else:
-            action = torch.tanh(mean)
-        ctx_actions[rows, pad + t] = action
-
+        record.obs[live, t] = obs[live]
+        action = _act(*context.policy(t, obs, rtg, live, rows), sample)
+        context.actions[rows, context.pad + t] = action
         actions = np.zeros((N, act_dim), dtype=np.float32)
         actions[live] = action.cpu().numpy()
         obs, reward, terminated, truncated, _ = envs.step(actions)
-        act_buf[live, t] = actions[live]
-        rew_buf[live, t] = reward[live]
-        lengths[live] += 1
-        ended = live[(terminated | truncated)[live]]
-        term_buf[ended, t] = terminated[ended]
+        ended = record.step(t, live, actions, reward, terminated, truncated)
         done[ended] = True
-        rtg -= reward * reward_scale
+        rtg -= reward * model.cfg.reward_scale
         if len(ended):  # the set of live envs changed: rebuild the row index once, not every step
             if done.all():
                 break
             live = np.flatnonzero(~done)
-            rows = torch.as_tensor(live, device=device)
-
+            rows = torch.as_tensor(live, device=context.device)
     model.train(was_training)
-    trajectories = [
-        Trajectory(obs_buf[i, :n], act_buf[i, :n], rew_buf[i, :n], term_buf[i, :n]) for i, n in enumerate(lengths)
-    ]
-    returns = np.array([t.episode_return for t in trajectories])
-    return RolloutResult(returns=returns, lengths=lengths, trajectories=trajectories)
+    return record.result()
 
 
 def eval_seeds(seed: int, index: int, n: int) -> list[int]:
@@ -214,8 +238,11 @@ def eval_seeds(seed: int, index: int, n: int) -> list[int]:
     return [(seed * 1_000_003 + index * n + i) % 2**31 for i in range(n)]
 
 
-def run_episodes(act: Callable[[np.ndarray], np.ndarray], envs: gym.vector.VectorEnv, seeds: list[int]) -> RolloutResult:
-    """One episode per env of a Markov policy `act` (observations (N, obs) -> actions (N, act)): the baselines' evaluation."""
+def run_episodes(
+    act: Callable[[np.ndarray], np.ndarray], envs: gym.vector.VectorEnv, seeds: list[int]
+) -> RolloutResult:
+    """One episode per env of a Markov policy `act` (observations (N, obs) -> actions (N, act)): the baselines'
+    evaluation."""
     N = envs.num_envs
     returns, lengths, done = np.zeros(N), np.zeros(N, dtype=np.int64), np.zeros(N, dtype=bool)
     obs, _ = envs.reset(seed=seeds)

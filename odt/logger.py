@@ -14,7 +14,8 @@ MLflow adapter does), which is why a step must grow from row to row.
 """
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 
 class Logger(Protocol):

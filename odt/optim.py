@@ -20,7 +20,8 @@ stay the ones the library gives. Both LAMBs give `trust_ratios` the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_optimizer
 import torch

@@ -5,8 +5,8 @@ so a batch is a handful of fancy-indexing operations and no Python loop over the
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -181,7 +181,7 @@ class TrajectoryReplayBuffer:
                 "terminals": self.terminals, "lengths": self.lengths}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "TrajectoryReplayBuffer":
+    def from_state_dict(cls, state: dict) -> TrajectoryReplayBuffer:
         buf = cls.__new__(cls)
         buf.capacity = int(state["capacity"])
         buf._set_storage(np.asarray(state["table"]), terminals=np.asarray(state["terminals"]),

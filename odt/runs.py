@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,7 +26,7 @@ from odt.divergence import Diverged, check_scores
 from odt.evaluation import eval_seeds, run_episodes, score
 
 EnvFn = Callable[[], gym.Env]
-Data = Union[Sequence[Trajectory], str, os.PathLike]  # trajectories, or a D4RL-layout HDF5 file of them
+Data = Sequence[Trajectory] | str | os.PathLike  # trajectories, or a D4RL-layout HDF5 file of them
 
 
 def trajectories(data: Data, task: str | None = None) -> Sequence[Trajectory]:

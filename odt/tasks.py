@@ -59,7 +59,10 @@ _LOCOMOTION = {
 }
 _ANTMAZE_FILES = {
     "umaze": ("Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed", "D4RL/antmaze/umaze-v1"),
-    "umaze-diverse": ("Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse_fixed", "D4RL/antmaze/umaze-diverse-v1"),
+    "umaze-diverse": (
+        "Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse_fixed",
+        "D4RL/antmaze/umaze-diverse-v1",
+    ),
 }
 
 

@@ -225,7 +225,7 @@ class ODTTrainer:
         self.rng = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
 
-    def copy(self) -> "ODTTrainer":
+    def copy(self) -> ODTTrainer:
         """An independent trainer in the same state (parameters, optimiser moments, buffer, RNGs); through the
         state dict, as optimisers drop their own attributes when deep-copied whole."""
         return ODTTrainer.from_state(copy.deepcopy(self.state_dict()), device=self.device, cuda_graph=self.cuda_graph)
@@ -272,7 +272,7 @@ class ODTTrainer:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, optim: OptimConfig | None = None, device: str | torch.device = "auto",
-                   data: Data | None = None, cuda_graph: bool | None = None) -> "ODTTrainer":
+                   data: Data | None = None, cuda_graph: bool | None = None) -> ODTTrainer:
         """Rebuild a trainer from `state_dict()`; `optim`: continue with those values (see `switch_phase`).
 
         A state saved without its buffer (a pretraining checkpoint) takes `data`, the offline trajectories.

@@ -19,8 +19,8 @@ norm, beta) are baked in: the trainer calls `reset()` after a phase switch or a 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class StagedBatch:
 
     tensor: torch.Tensor
     padded: bool  # decided on the host: no device sync
-    ready: "torch.cuda.Event | None" = None
+    ready: torch.cuda.Event | None = None
 
     def packed(self) -> torch.Tensor:
         if self.ready is not None:

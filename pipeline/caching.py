@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import odt
 from odt.datasets.download import sha256_file
+from pipeline import paths
 
 
 @functools.lru_cache(maxsize=32)
@@ -30,8 +32,6 @@ def file_sha(path: str | Path) -> str:
 @functools.lru_cache(maxsize=1)
 def code_sha() -> str:
     """Hash of the code that computes results: odt/ and the resolution of params into configs."""
-    import odt  # noqa: PLC0415
-
     files = sorted(Path(odt.__file__).parent.rglob("*.py")) + [Path(__file__).with_name("params.py")]
     h = hashlib.sha256()
     for f in files:
@@ -45,19 +45,26 @@ def fingerprint(obj: Any) -> str:
 
 
 def pretrain_key(stage: str, plan, params, model, cfg, data: Path) -> dict[str, Any]:
-    """Everything that determines a pretraining-shaped stage's results (its fingerprint and MLflow params), seeds left out."""
+    """Everything that determines a pretraining-shaped stage's results (its fingerprint and MLflow params), seeds left
+    out."""
     return {"stage": stage, "task": plan.name, "model": dataclasses.asdict(model), "train": cfg.model_dump(),
             "env_version": params.env_version, "data_sha256": file_sha(data), "code_sha256": code_sha()}
 
 
 def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path) -> dict[str, Any]:
     """Same for finetuning: the pretrained checkpoints each seed starts from, by content."""
-    from odt.envs import dataset_fixed_obs, fixed_obs_json  # noqa: PLC0415
-    from pipeline.paths import dataset_meta  # noqa: PLC0415
+    from odt.envs import dataset_fixed_obs, fixed_obs_json
 
-    return {"stage": "finetune", "task": plan.name, "train": cfg.model_dump(), "offline_eval": plan.pretrain.evaluation.model_dump(),
-            "fixed_obs": fixed_obs_json(dataset_fixed_obs(dataset_meta(root, plan.name))), "env_version": params.env_version,
-            "checkpoint_sha256": [file_sha(c) for c in checkpoints], "code_sha256": code_sha()}
+    return {
+        "stage": "finetune",
+        "task": plan.name,
+        "train": cfg.model_dump(),
+        "offline_eval": plan.pretrain.evaluation.model_dump(),
+        "fixed_obs": fixed_obs_json(dataset_fixed_obs(paths.dataset_meta(root, plan.name))),
+        "env_version": params.env_version,
+        "checkpoint_sha256": [file_sha(c) for c in checkpoints],
+        "code_sha256": code_sha(),
+    }
 
 
 def done(path: Path) -> dict[str, Any] | None:

@@ -11,11 +11,16 @@ import argparse
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from odt.atomic import WriteError
 from odt.config import ConfigError
 from pipeline import interrupts
+from pipeline.heartbeat import StageBusy
+from pipeline.params import load_params, plan_task
+from pipeline.tracking import StoreError
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
@@ -37,8 +42,6 @@ class Parser(argparse.ArgumentParser):
 
 def environment_error(err: OSError) -> str:
     """`cannot write PATH: CAUSE` (odt.atomic's WriteError), else `PATH: CAUSE`, else the message as it is."""
-    from odt.atomic import WriteError  # noqa: PLC0415
-
     if isinstance(err, WriteError) or err.filename is None:
         return str(err)
     names = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
@@ -47,9 +50,9 @@ def environment_error(err: OSError) -> str:
 
 def bad_input() -> tuple[type[Exception], ...]:
     """The exceptions that mean the input is unusable (exit 2); imported once the flags are parsed."""
-    from odt.checkpoint import CheckpointError  # noqa: PLC0415
-    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
-    from odt.envs import EnvMismatchError  # noqa: PLC0415
+    from odt.checkpoint import CheckpointError
+    from odt.datasets.hdf5 import DatasetError
+    from odt.envs import EnvMismatchError
 
     return ConfigError, CheckpointError, DatasetError, EnvMismatchError
 
@@ -57,9 +60,6 @@ def bad_input() -> tuple[type[Exception], ...]:
 def run_guarded(what: str, body: Callable[[], Any], *, failed: tuple[type[Exception], ...] = (),
                 bad: tuple[type[Exception], ...] = ()) -> tuple[int, Any]:
     """(exit code, body's value): every way a stage ends, as one line on stderr and its exit code."""
-    from pipeline.heartbeat import StageBusy  # noqa: PLC0415
-    from pipeline.tracking import StoreError  # noqa: PLC0415
-
     failed = (*failed, StageBusy, StoreError)  # another live run holds the work directory; an unreadable MLflow store
     try:
         try:
@@ -87,8 +87,6 @@ def run_guarded(what: str, body: Callable[[], Any], *, failed: tuple[type[Except
 
 def load_or_exit(path: str | Path, task: str | None = None):
     """Validated params (every task planned: the whole file is checked) and the plan of `task`, or exit 2."""
-    from pipeline.params import load_params, plan_task  # noqa: PLC0415
-
     try:
         params, plans = load_params(path)
         if task is not None and task not in plans:

@@ -22,10 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from odt.atomic import atomic_dir, write_text
+from odt.curves import save_figure
+from odt.tasks import get_task, normalized_score
 from pipeline.cli import Parser, run_guarded
 from pipeline.paths import ROOT
 
-TASKS = [f"{env}-{data}-v2" for env in ("hopper", "walker2d", "halfcheetah", "ant") for data in ("medium", "medium-replay")]
+TASKS = [
+    f"{env}-{data}-v2" for env in ("hopper", "walker2d", "halfcheetah", "ant") for data in ("medium", "medium-replay")
+]
 # D4RL's v2 files: trajectories (terminal-or-timeout split), transitions, normalized per-trajectory returns
 # (population std); the returns as printed by the Decision Transformer's download_d4rl_datasets.py, none published
 # for ant (D4RL_SOURCE)
@@ -90,9 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def task_returns(task: str, *, seed: int, cache: Path, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Normalized return and length of every trajectory of `task`'s generated dataset (cached rollout)."""
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
-    from odt.datasets.rollout import policy_task, shipped  # noqa: PLC0415
-    from odt.tasks import get_task, normalized_score  # noqa: PLC0415
+    from odt.datasets.hdf5 import load_d4rl_hdf5
+    from odt.datasets.rollout import policy_task, shipped
 
     spec = get_task(task)
     path, _ = policy_task(spec, shipped(spec.env), seed=seed, cache_dir=cache / "generate", progress=progress)
@@ -109,12 +113,11 @@ def summary(task: str, returns: np.ndarray, lengths: np.ndarray) -> dict:
 
 
 def histogram_figure(data: dict[str, np.ndarray], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    from odt.curves import save_figure  # noqa: PLC0415
 
     envs = sorted({t.split("-")[0] for t in data}, key=lambda e: [t.split("-")[0] for t in TASKS].index(e))
     fig, axes = plt.subplots(2, len(envs), figsize=(3.6 * len(envs), 5.6), squeeze=False)
@@ -142,11 +145,10 @@ def histogram_figure(data: dict[str, np.ndarray], path: Path) -> None:
 def replay_comparison(run_dir: Path, *, seed: int, cache: Path, progress: bool) -> tuple[pd.DataFrame, str]:
     """Every episode of the run's buffer up to its medium snapshot and of the medium-replay rebuilt from its
     snapshots: source, collection step (rebuilt: spread over its snapshot's stretch), length, normalized return."""
-    from odt.datasets.behaviour import read_manifest, read_progress, replay_episodes  # noqa: PLC0415
-    from odt.datasets.generate import GenerateError  # noqa: PLC0415
-    from odt.datasets.hdf5 import load_d4rl_hdf5  # noqa: PLC0415
-    from odt.datasets.rollout import policy_task, shipped  # noqa: PLC0415
-    from odt.tasks import get_task, normalized_score  # noqa: PLC0415
+    from odt.datasets.behaviour import read_manifest, read_progress, replay_episodes
+    from odt.datasets.generate import GenerateError
+    from odt.datasets.hdf5 import load_d4rl_hdf5
+    from odt.datasets.rollout import policy_task, shipped
 
     prog = read_progress(run_dir)
     if prog is None:
@@ -168,21 +170,33 @@ def replay_comparison(run_dir: Path, *, seed: int, cache: Path, progress: bool) 
         a, n = part["first_trajectory"], part["n_trajectories"]
         steps[a:a + n] = prev + (np.arange(n) + 0.5) / max(n, 1) * (part["step"] - prev)
         prev = part["step"]
-    frames = [pd.DataFrame({"source": "real buffer", "step": real["start"], "length": real["lengths"],
-                            "normalized_return": normalized_score(task, real["returns"])}),
-              pd.DataFrame({"source": "rebuilt", "step": steps.round().astype(np.int64),
-                            "length": [len(t) for t in rebuilt],
-                            "normalized_return": normalized_score(task, np.array([t.episode_return for t in rebuilt]))})]
+    frames = [
+        pd.DataFrame(
+            {
+                "source": "real buffer",
+                "step": real["start"],
+                "length": real["lengths"],
+                "normalized_return": normalized_score(task, real["returns"]),
+            }
+        ),
+        pd.DataFrame(
+            {
+                "source": "rebuilt",
+                "step": steps.round().astype(np.int64),
+                "length": [len(t) for t in rebuilt],
+                "normalized_return": normalized_score(task, np.array([t.episode_return for t in rebuilt])),
+            }
+        ),
+    ]
     return pd.concat(frames, ignore_index=True), env
 
 
 def replay_figure(df: pd.DataFrame, env: str, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    from odt.curves import save_figure  # noqa: PLC0415
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bins = np.linspace(df["normalized_return"].min(), df["normalized_return"].max(), 40)
@@ -211,19 +225,36 @@ def markdown(table: pd.DataFrame, replay: pd.DataFrame | None, env: str | None) 
     for r in table.to_dict("records"):
         ref = D4RL.get(r["task"], {})
         fmt = "{mean:.1f} ± {std:.1f}".format
-        rows.append({"task": r["task"],
-                     "trajectories": _pair(f"{r['trajectories']}", ref.get("trajectories")),
-                     "transitions": _pair(f"{r['transitions']:,}", f"{ref['transitions']:,}" if "transitions" in ref else None),
-                     "return, mean ± std": _pair(fmt(**r), fmt(**ref) if "mean" in ref else None),
-                     "min .. max": _pair(f"{r['min']:.1f} .. {r['max']:.1f}",
-                                         f"{ref['min']:.1f} .. {ref['max']:.1f}" if "min" in ref else None),
-                     "episode length": _pair(f"{r['length_mean']:.0f}", f"{ref['length_mean']:.0f}" if "length_mean" in ref else None)})
+        rows.append(
+            {
+                "task": r["task"],
+                "trajectories": _pair(f"{r['trajectories']}", ref.get("trajectories")),
+                "transitions": _pair(
+                    f"{r['transitions']:,}", f"{ref['transitions']:,}" if "transitions" in ref else None
+                ),
+                "return, mean ± std": _pair(fmt(**r), fmt(**ref) if "mean" in ref else None),
+                "min .. max": _pair(
+                    f"{r['min']:.1f} .. {r['max']:.1f}",
+                    f"{ref['min']:.1f} .. {ref['max']:.1f}" if "min" in ref else None,
+                ),
+                "episode length": _pair(
+                    f"{r['length_mean']:.0f}", f"{ref['length_mean']:.0f}" if "length_mean" in ref else None
+                ),
+            }
+        )
     ours = pd.DataFrame(rows)
-    lines = ["# Generated datasets beside D4RL's", "",
-             "Made by `python -m pipeline.dataset_report` (the data `fetch --source generate` writes, seed 0).",
-             "Each cell: ours / D4RL's file of the same name. Returns are D4RL-normalized, per trajectory (a trajectory "
-             "ends at a terminal or a timeout); std over trajectories.", "",
-             ours.to_markdown(index=False), "", "![returns](datasets/returns.png)", ""]
+    lines = [
+        "# Generated datasets beside D4RL's",
+        "",
+        "Made by `python -m pipeline.dataset_report` (the data `fetch --source generate` writes, seed 0).",
+        "Each cell: ours / D4RL's file of the same name. Returns are D4RL-normalized, per trajectory (a trajectory "
+        "ends at a terminal or a timeout); std over trajectories.",
+        "",
+        ours.to_markdown(index=False),
+        "",
+        "![returns](datasets/returns.png)",
+        "",
+    ]
     lines += [f"D4RL's numbers: {D4RL_SOURCE}", "", DIFFERENCES]
     if replay is not None:
         stats = replay.groupby("source", sort=False)["normalized_return"].describe().round(1)
@@ -233,8 +264,6 @@ def markdown(table: pd.DataFrame, replay: pd.DataFrame | None, env: str | None) 
 
 
 def write_report(args: argparse.Namespace) -> Path:
-    from odt.atomic import atomic_dir, write_text  # noqa: PLC0415
-
     cache, out, progress = Path(args.cache), Path(args.out), not args.no_progress
     replay = env = None
     if args.replay_run:  # first: a run that is not the policies' stops before the long rollouts
@@ -259,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as done:
         return done.code
-    from odt.datasets.generate import GenerateError  # noqa: PLC0415
-    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
+    from odt.datasets.generate import GenerateError
+    from odt.datasets.hdf5 import DatasetError
 
     code, path = run_guarded("dataset_report", lambda: write_report(args), bad=(GenerateError, DatasetError))
     if not code:

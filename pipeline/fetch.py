@@ -4,7 +4,8 @@
         --transitions 20000 --out data/hopper-medium-v2
     python -m pipeline.fetch --task hopper-medium-v2 --source d4rl --out data/hopper-medium-v2
     python -m pipeline.fetch --task antmaze-umaze-v2 --source minari --out data/antmaze-umaze-v2
-    python -m pipeline.fetch --task hopper-medium-v2 --source file --path hopper_medium-v2.hdf5 --out data/hopper-medium-v2
+    python -m pipeline.fetch --task hopper-medium-v2 --source file --path hopper_medium-v2.hdf5 \
+        --out data/hopper-medium-v2
 
 Runs odt.datasets.fetch: DIR/<task>.hdf5 (float32, `next_observations`, terminals/timeouts as
 D4RL) and DIR/<task>.json (provenance, sizes, returns, sha256, the dims Ant's environment pins),
@@ -23,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from odt.datasets.download import DownloadError
+from odt.tasks import UnknownTaskError
 from pipeline.cli import Parser, run_guarded
 from pipeline.paths import ROOT
 
@@ -45,8 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policies", help="generate: roll out the behaviour policies in this directory (default: "
                     "odt/policies/<env> when it holds manifest.json and neither --train-steps nor --target-return "
                     "is given, which train SAC instead)")
-    ap.add_argument("--clip-actions", action="store_true",
-                    help="clip actions outside [-1, 1] to it, with a warning saying how many (default: reject the data)")
+    ap.add_argument(
+        "--clip-actions",
+        action="store_true",
+        help="clip actions outside [-1, 1] to it, with a warning saying how many (default: reject the data)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--out", required=True, help="output directory (data/<task>)")
     args = ap.parse_args(argv)
@@ -63,7 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.policies and args.source != "generate":
         ap.error(f"--policies is for --source generate; with --source {args.source} drop it")
     if args.policies and (args.train_steps is not None or args.target_return is not None):
-        ap.error("--policies rolls out trained policies, --train-steps and --target-return train SAC: give one or the other")
+        ap.error(
+            "--policies rolls out trained policies, --train-steps and --target-return train SAC: give one or the other"
+        )
     return args
 
 
@@ -72,14 +80,21 @@ def cache_root(cache: str | None) -> Path:
 
 
 def fetch(args: argparse.Namespace) -> dict[str, Any]:
-    from odt.datasets.fetch import fetch as fetch_task  # noqa: PLC0415
+    from odt.datasets.fetch import fetch as fetch_task
 
     options = {"url": args.url} if args.source == "d4rl" else {"path": args.path} if args.source == "file" else {}
     if args.source == "generate":
         options = {"seed": args.seed, "train_steps": args.train_steps, "target_return": args.target_return,
                    "transitions": args.transitions, "policies": args.policies}
-    return fetch_task(args.task, args.source, Path(args.out), cache=cache_root(args.cache), progress=not args.no_progress,
-                      clip_actions=args.clip_actions, **options)
+    return fetch_task(
+        args.task,
+        args.source,
+        Path(args.out),
+        cache=cache_root(args.cache),
+        progress=not args.no_progress,
+        clip_actions=args.clip_actions,
+        **options,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as done:  # --help (0) or bad flags (2, the line printed)
         return done.code
-    from odt.datasets.download import DownloadError  # noqa: PLC0415
-    from odt.datasets.generate import GenerateError  # noqa: PLC0415
-    from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
-    from odt.tasks import UnknownTaskError  # noqa: PLC0415
+    from odt.datasets.generate import GenerateError
+    from odt.datasets.hdf5 import DatasetError
 
     # DownloadError: the input may be fine; the network was not (exit 1)
     code, meta = run_guarded(f"fetch {args.task}", lambda: fetch(args), failed=(DownloadError,),
@@ -100,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if meta.get("clipped_actions"):
         print(f"warning: {meta['clipped_actions']} of {meta['n_action_values']} action values were outside [-1, 1] "
               f"and are clipped to it (--clip-actions)", file=sys.stderr)
-    print(f"{args.task}: {meta['n_trajectories']} trajectories, {meta['n_transitions']} transitions, "
-          f"normalized return {meta['normalized_mean']:.1f} (mean) from {args.source} -> {Path(args.out) / (args.task + '.hdf5')}")
+    print(
+        f"{args.task}: {meta['n_trajectories']} trajectories, {meta['n_transitions']} transitions, "
+        f"normalized return {meta['normalized_mean']:.1f} (mean) from {args.source} "
+        f"-> {Path(args.out) / (args.task + '.hdf5')}"
+    )
     return 0
 
 if __name__ == "__main__":

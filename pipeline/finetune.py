@@ -28,7 +28,7 @@ FIELDS = ("task", "seeds", "offline_mean", "online_mean", "delta")  # the summar
 def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
     """Every seed finetunes its pretrained checkpoint with the task's `finetune` block (or its tuned values); each
     input is checked once here, before any seed or MLflow run starts."""
-    from odt.envs import check_dims, vector_env  # noqa: PLC0415
+    from odt.envs import check_dims, vector_env
 
     root = Path(root).resolve()
     paths.existing_dataset(root, plan.name)  # each seed reloads the offline data: missing or altered, one line now

@@ -25,8 +25,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from odt.lock import LockBusy, file_lock
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from odt.divergence import Diverged
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, learning_rate_setting
 
@@ -36,18 +37,27 @@ def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
     data = paths.existing_dataset(setup.root, plan.name)  # missing or altered: one line, before any seed
     model = plan.dt_model if setup.stage == "dt" else plan.model
     return seeds.Stage(
-        setup.stage, plan.name, params, setup.root, key=caching.pretrain_key(setup.stage, plan, params, model, cfg, data),
-        job=functools.partial(pretrain, setup), files=("checkpoint.pt", "curve.csv", "result.json"),
-        step=cfg.pretrain_updates, tags={"hparams_source": hparams["source"]},
-        extra=lambda results: {"best_mean": sum(r["best_normalized"] for r in results) / len(results),
-                               "updates": cfg.pretrain_updates, "hparams": hparams})
+        setup.stage,
+        plan.name,
+        params,
+        setup.root,
+        key=caching.pretrain_key(setup.stage, plan, params, model, cfg, data),
+        job=functools.partial(pretrain, setup),
+        files=("checkpoint.pt", "curve.csv", "result.json"),
+        step=cfg.pretrain_updates,
+        tags={"hparams_source": hparams["source"]},
+        extra=lambda results: {
+            "best_mean": sum(r["best_normalized"] for r in results) / len(results),
+            "updates": cfg.pretrain_updates,
+            "hparams": hparams,
+        },
+    )
 
 
 def pretrain(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
     """ODT's pretraining, or the DT baseline (odt.loops.pretrain with the task's `dt` block); leaves checkpoint.pt and
     curve.csv. The result: the final evaluation (the offline score) and the best one on the way."""
-    from odt.divergence import Diverged  # noqa: PLC0415
-    from odt.loops import pretrain as loop  # noqa: PLC0415
+    from odt.loops import pretrain as loop
 
     plan, dt = setup.plan, setup.stage == "dt"
     try:
@@ -64,9 +74,8 @@ def pretrain(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
 
 def finetune(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
     """Pretraining seed k's checkpoint finetuned online with seed k; leaves policy.pt and curve.csv."""
-    from odt.divergence import Diverged  # noqa: PLC0415
-    from odt.checkpoint import save_policy  # noqa: PLC0415
-    from odt.loops import finetune as loop  # noqa: PLC0415
+    from odt.checkpoint import save_policy
+    from odt.loops import finetune as loop
 
     plan, cfg = setup.plan, setup.cfg
     try:
@@ -84,7 +93,7 @@ def finetune(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
 
 def iql(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
     """The IQL baseline, offline on the dataset then online; leaves curve.csv."""
-    from odt.baselines.iql import iql as loop  # noqa: PLC0415
+    from odt.baselines.iql import iql as loop
 
     plan = setup.plan
     run = loop(paths.dataset(setup.root, plan.name), setup.cfg, plan.env_fn(setup.root), task=plan.name, seed=seed,
@@ -96,7 +105,7 @@ def iql(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
 
 def sac(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
     """SAC from scratch in the task's environment; leaves curve.csv."""
-    from odt.baselines.sac import sac as loop  # noqa: PLC0415
+    from odt.baselines.sac import sac as loop
 
     plan = setup.plan
     run = loop(setup.cfg, plan.env_fn(setup.root), task=plan.name, seed=seed, device=setup.device, logger=logger,

@@ -4,7 +4,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any, Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tqdm import std
 
 
 def available_cores() -> int:
@@ -33,18 +38,14 @@ def plan_workers(n_jobs: int, n_tasks: int, backend: str, threads_per_worker: in
 def init_worker() -> None:
     """A loky worker's initializer.
 
-    Ctrl-C in the terminal (and a scheduler's SIGTERM) reaches the whole process group: the
-    worker ignores both, and the stage stops its workers itself (pipeline/interrupts.py: a
-    worker started by `python -m pipeline.<stage>` has them blocked from its first instruction). A thread ends the worker within a second of the stage's
-    death (its parent: a killed stage's workers, busy or idle, would otherwise live on;
-    pipeline/heartbeat.py covers the workers of a cluster). tqdm's lock is a thread lock,
-    not its default multiprocessing one, whose named semaphore a killed worker would leak.
+    Ctrl-C in the terminal (and a scheduler's SIGTERM) reaches the whole process group: the worker
+    ignores both, and the stage stops its workers itself (pipeline/interrupts.py: a worker started
+    by `python -m pipeline.<stage>` has them blocked from its first instruction). A thread ends the
+    worker within a second of the stage's death (its parent: a killed stage's workers, busy or idle,
+    would otherwise live on; pipeline/heartbeat.py covers the workers of a cluster). tqdm's lock is
+    a thread lock, not its default multiprocessing one, whose named semaphore a killed worker would
+    leak.
     """
-    import threading  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
-    from tqdm import std  # noqa: PLC0415
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     std.tqdm.set_lock(threading.RLock())
@@ -63,7 +64,7 @@ def stop_workers(backend: str) -> None:
     workers end their seed jobs themselves once the stage's heartbeat is gone (pipeline/heartbeat.py)."""
     if backend != "loky":
         return
-    from joblib.externals.loky import reusable_executor  # noqa: PLC0415
+    from joblib.externals.loky import reusable_executor
 
     executor = reusable_executor._executor  # the one joblib made; get_reusable_executor() could make another
     if executor is not None:
@@ -73,14 +74,14 @@ def stop_workers(backend: str) -> None:
 @contextlib.contextmanager
 def joblib_backend(backend: str, n_jobs: int, address: str | None):
     """joblib.parallel_config for loky, dask (a distributed.Client) or ray."""
-    import joblib  # noqa: PLC0415
+    import joblib
 
     if backend == "loky":
         # workers ignore Ctrl-C (the terminal sends it to them too): the stage stops them itself
         with joblib.parallel_config(backend="loky", n_jobs=n_jobs, initializer=init_worker):
             yield
     elif backend == "dask":
-        import distributed  # noqa: PLC0415
+        import distributed
 
         if address:
             with distributed.Client(address) as client, joblib.parallel_config(backend="dask", n_jobs=n_jobs):
@@ -97,8 +98,8 @@ def joblib_backend(backend: str, n_jobs: int, address: str | None):
                 yield client
     elif backend == "ray":
         try:
-            import ray  # noqa: PLC0415
-            from ray.util.joblib import register_ray  # noqa: PLC0415
+            import ray
+            from ray.util.joblib import register_ray
         except ImportError:
             raise RuntimeError("parallel.backend is ray but ray is not installed: pip install ray==2.60.0") from None
         register_ray()
@@ -116,7 +117,7 @@ def joblib_backend(backend: str, n_jobs: int, address: str | None):
 
 def run_parallel(fn: Callable[..., dict], jobs: Iterable[dict[str, Any]], *, backend: str, n_jobs: int,
                  address: str | None = None) -> list[dict]:
-    from joblib import Parallel, delayed  # noqa: PLC0415
+    from joblib import Parallel, delayed
 
     jobs = list(jobs)
     if not jobs:

@@ -20,8 +20,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from odt.config import (ConfigError, EvalConfig, FinetuneConfig, IQLConfig, ModelConfig, NonNegInt, PosInt, PretrainConfig,
-                        SACConfig, format_validation_error, task_model, validate)
+from odt.config import (
+    ConfigError,
+    EvalConfig,
+    FinetuneConfig,
+    IQLConfig,
+    ModelConfig,
+    NonNegInt,
+    PosInt,
+    PretrainConfig,
+    SACConfig,
+    format_validation_error,
+    task_model,
+    validate,
+)
+from odt.tasks import get_task, unknown_task
 from pipeline import paths
 
 PHASES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -44,10 +57,11 @@ class FetchParams(_Strict):
     train_steps: PosInt | None = Field(None, alias="train-steps")
     target_return: float | None = Field(None, alias="target-return")
     transitions: PosInt | None = None
-    clip_actions: Literal[True] | None = Field(None, alias="clip-actions")  # clip actions outside [-1, 1] (default: reject)
+    # clip actions outside [-1, 1] (default: reject)
+    clip_actions: Literal[True] | None = Field(None, alias="clip-actions")
 
     @model_validator(mode="after")
-    def _check(self) -> "FetchParams":
+    def _check(self) -> FetchParams:
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs a path")
         return self
@@ -63,7 +77,8 @@ class ParallelParams(_Strict):
     backend: Literal["loky", "dask", "ray"] = "loky"
     n_jobs: PosInt = 2
     address: str | None = None  # dask scheduler (tcp://host:8786) or ray cluster ("auto", ray://host:10001)
-    threads_per_worker: PosInt | None = None  # torch threads per seed; None: 1 (results then do not depend on the backend)
+    # torch threads per seed; None: 1 (results then do not depend on the backend)
+    threads_per_worker: PosInt | None = None
 
 
 class SearchRange(_Strict):
@@ -73,7 +88,7 @@ class SearchRange(_Strict):
     high: float = Field(gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "SearchRange":
+    def _check(self) -> SearchRange:
         if not self.low < self.high:
             raise ValueError(f"empty search range [{self.low}, {self.high}]: low must be below high")
         return self
@@ -90,7 +105,8 @@ class TuneParams(_Strict):
     sampler_seed: NonNegInt = 0  # TPE; trial k draws with seed sampler_seed + k, whichever worker runs it
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: NonNegInt = 5  # finished trials before the median pruner prunes
-    storage: str = "sqlite:///optuna.db"  # relative sqlite paths are from the repository root; journal:PATH; any RDB URL
+    # relative sqlite paths are from the repository root; journal:PATH; any RDB URL
+    storage: str = "sqlite:///optuna.db"
     pretrain_updates: PosInt | None = None  # a pretrain trial's budget; null: the task's pretrain_updates
     eval_every: PosInt | None = None  # updates between a pretrain trial's intermediate evaluations; null: budget / 5
     online_samples: PosInt | None = None  # a finetune trial's budget; null: the task's online_samples
@@ -122,14 +138,16 @@ class Params(_Strict):
     tasks: dict[str, TaskBlock]
 
     @model_validator(mode="after")
-    def _check(self) -> "Params":
-        from odt.tasks import unknown_task  # noqa: PLC0415
-
+    def _check(self) -> Params:
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
-        if misspelt := unknown_task(self.tasks):  # first: what it breaks (a baseline listing the right name) comes after
+        # first: what it breaks (a baseline listing the right name) comes after
+        if misspelt := unknown_task(self.tasks):
             raise ValueError(f"tasks.{misspelt[0]}: {misspelt[1]}")
-        for where, names in [("tune.tasks", self.tune.tasks), *((f"baselines.{b}", t) for b, t in self.baselines.items())]:
+        for where, names in [
+            ("tune.tasks", self.tune.tasks),
+            *((f"baselines.{b}", t) for b, t in self.baselines.items()),
+        ]:
             unknown = [t for t in names if t not in self.tasks]
             if unknown:
                 raise ValueError(f"{where} lists '{unknown[0]}', which is not in tasks")
@@ -164,7 +182,7 @@ class TaskPlan:
 
     def env_fn(self, root: Path) -> functools.partial:
         """The task's environment as its dataset (data/<task>/) needs it: picklable."""
-        from odt.envs import dataset_env_fn  # noqa: PLC0415
+        from odt.envs import dataset_env_fn
 
         return dataset_env_fn(self.name, self.env_version, paths.dataset_meta(root, self.name))
 
@@ -188,7 +206,8 @@ def plan_task(params: Params, name: str) -> TaskPlan:
         expected = tuned_path(name, phase) if params.use_tuned else UNTUNED
         if block.tuned.get(phase) != expected:
             raise ConfigError(
-                f"{where}.tuned.{phase} is {block.tuned.get(phase)!r} but use_tuned={params.use_tuned} needs {expected!r}; "
+                f"{where}.tuned.{phase} is {block.tuned.get(phase)!r} but use_tuned={params.use_tuned} "
+                f"needs {expected!r}; "
                 f"regenerate params.yaml with `python -m pipeline.profile {params.profile}"
                 f"{' --use-tuned' if params.use_tuned else ''}`"
             )
@@ -197,7 +216,9 @@ def plan_task(params: Params, name: str) -> TaskPlan:
         extra = set(block.dt) - {"model", "train"}
         if extra:
             raise ConfigError(f"{where}.dt: unknown key '{sorted(extra)[0]}' (dt has model and train)")
-        baselines["dt_model"] = task_model(name, {**block.dt.get("model", {}), "stochastic": False}, f"{where}.dt.model")
+        baselines["dt_model"] = task_model(
+            name, {**block.dt.get("model", {}), "stochastic": False}, f"{where}.dt.model"
+        )
         baselines["dt"] = validate(PretrainConfig, block.dt.get("train", {}), f"{where}.dt.train")
         check_lengths(name, baselines["dt_model"], f"{prefix}.dt.model", {f"{prefix}.dt.train": baselines["dt"]})
     online = {"online_samples": phases["finetune"].online_samples, "eval_episodes": phases["finetune"].eval_episodes}
@@ -209,7 +230,8 @@ def plan_task(params: Params, name: str) -> TaskPlan:
 
 
 def at_most(key: str, value: float, limit_key: str, limit: float, fix: str) -> None:
-    """One ConfigError line when `key` is larger than `limit_key` (both as params.yaml spells them), and how to fix it."""
+    """One ConfigError line when `key` is larger than `limit_key` (both as params.yaml spells them), and how to fix
+    it."""
     if value > limit:
         raise ConfigError(f"params.yaml: {key} ({value}) is larger than {limit_key} ({limit}); {fix}")
 
@@ -221,8 +243,6 @@ def check_lengths(task: str, model: ModelConfig, model_key: str, evaluations: di
     also stops every rollout); max_ep_len cannot stop the task's episodes early; and an evaluation cannot give the
     model a longer context (eval_context_len) than it was trained on.
     """
-    from odt.tasks import get_task  # noqa: PLC0415
-
     episode_len = get_task(task).max_episode_steps
     at_most(f"{model_key}.context_len", model.context_len, f"{model_key}.max_ep_len", model.max_ep_len,
             f"lower context_len or raise max_ep_len ({task}'s episodes last up to {episode_len} steps)")

@@ -1,7 +1,10 @@
 """Where stages read and write, relative to the repository root (the DVC outputs and the resumable work)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from pipeline import caching  # which imports this module: caching.file_sha is looked up when called
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,17 +27,14 @@ def existing_dataset(root: Path, task: str) -> Path:
         raise FileNotFoundError(f"dataset {path} does not exist; run `dvc repro fetch@{task}` first")
     meta = dataset_meta(root, task)
     if meta.is_file():
-        import json  # noqa: PLC0415
-
-        from odt.datasets.hdf5 import DatasetError  # noqa: PLC0415
-        from pipeline.caching import file_sha  # noqa: PLC0415
+        from odt.datasets.hdf5 import DatasetError
 
         restore = f"restore it with `dvc checkout fetch@{task}` or `dvc repro -f fetch@{task}`"
         try:
             recorded = json.loads(meta.read_text()).get("sha256")
         except (ValueError, AttributeError):  # not JSON, or not an object
             raise DatasetError(f"{meta} is not the JSON its fetch wrote; {restore}") from None
-        if recorded is not None and recorded != file_sha(path):
+        if recorded is not None and recorded != caching.file_sha(path):
             raise DatasetError(f"{path} does not match the sha256 its fetch recorded in {meta}; {restore}")
     return path
 
@@ -45,7 +45,8 @@ def dataset_meta(root: Path, task: str) -> Path:
 
 
 def run_dir(root: Path, task: str, stage: str) -> Path:
-    """runs/<task>/<stage>/: a stage's published results, seed_<k>/ for each seed (stage: pretrain, finetune, dt, ...)."""
+    """runs/<task>/<stage>/: a stage's published results, seed_<k>/ for each seed (stage: pretrain, finetune, dt,
+    ...)."""
     return Path(root) / "runs" / task / stage
 
 
@@ -57,7 +58,7 @@ def pretrained(root: Path, task: str, seed: int) -> Path:
 def existing_checkpoints(root: Path, task: str, seeds: int) -> list[Path]:
     """pretrained() of seeds 0..seeds-1, checked once, before any seed or MLflow run starts: missing
     (FileNotFoundError) or damaged (CheckpointError) is one line naming it."""
-    from odt.checkpoint import check_checkpoint  # noqa: PLC0415
+    from odt.checkpoint import check_checkpoint
 
     checkpoints = [pretrained(root, task, s) for s in range(seeds)]
     missing = [c for c in checkpoints if not c.is_file()]

@@ -23,8 +23,20 @@ from odt.comparison import baseline_tasks
 from odt.config import ConfigError, format_validation_error
 from odt.tasks import unknown_task
 from pipeline.cli import Parser, fail, run_guarded
-from pipeline.params import (BASELINES, PHASES, UNTUNED, FetchParams, ParallelParams, PosInt, TuneParams, _Strict,
-                             parse_params, plan_task, read_yaml, tuned_path)
+from pipeline.params import (
+    BASELINES,
+    PHASES,
+    UNTUNED,
+    FetchParams,
+    ParallelParams,
+    PosInt,
+    TuneParams,
+    _Strict,
+    parse_params,
+    plan_task,
+    read_yaml,
+    tuned_path,
+)
 from pipeline.paths import ROOT
 
 HEADER = """\
@@ -88,9 +100,14 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
             raise ConfigError(format_validation_error(err, f"{where} tasks.{task}.fetch")) from None
         block["tuned"] = {phase: tuned_path(task, phase) if tuned else UNTUNED for phase in PHASES}
         tasks[task] = block
-    out = {"profile": name, **prof.model_dump(include={"seeds", "device", "env_version"}), "use_tuned": tuned,
-           **prof.model_dump(include={"parallel", "tune"}), "baselines": {b: baseline_tasks(b, prof.tasks) for b in prof.baselines},
-           "tasks": tasks}
+    out = {
+        "profile": name,
+        **prof.model_dump(include={"seeds", "device", "env_version"}),
+        "use_tuned": tuned,
+        **prof.model_dump(include={"parallel", "tune"}),
+        "baselines": {b: baseline_tasks(b, prof.tasks) for b in prof.baselines},
+        "tasks": tasks,
+    }
     params = parse_params(out, where)
     for task in params.tasks:
         plan_task(params, task)

@@ -23,8 +23,9 @@ from odt import comparison, curves
 from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
 from pipeline import cli, paths
+from pipeline.caching import fingerprint
 from pipeline.params import Params, plan_task
-
+from pipeline.tracking import Tracker, stage_tags
 
 PRETRAIN_COLUMNS = 10  # reports/pretrain_curves/<task>.csv always has seed_0 .. seed_9: dvc.yaml's plots name them
 
@@ -76,12 +77,18 @@ def collect(params: Params, root: Path) -> tuple[pd.DataFrame, dict[str, dict[st
                "sac_from": stage_of(params, "sac", task) or ""}
         for phase in ("pretrain", "finetune"):
             hp = loaded[phase][0][0]["hparams"]
-            row |= {f"{phase}_lr": hp["learning_rate"], f"{phase}_wd": hp["weight_decay"], f"{phase}_hparams": hp["source"]}
+            row |= {
+                f"{phase}_lr": hp["learning_rate"],
+                f"{phase}_wd": hp["weight_decay"],
+                f"{phase}_hparams": hp["source"],
+            }
         rows.append(row)
     return pd.DataFrame(rows), all_curves
 
 
-def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None = None, track: bool = True) -> pd.DataFrame:
+def run_stage(
+    params: Params, *, root: Path = paths.ROOT, reports: Path | None = None, track: bool = True
+) -> pd.DataFrame:
     root = Path(root)
     reports = Path(reports or root / "reports")
     results, all_curves = collect(params, root)
@@ -118,9 +125,6 @@ def run_stage(params: Params, *, root: Path = paths.ROOT, reports: Path | None =
 
 def _track(params: Params, root: Path, reports: Path, results: pd.DataFrame) -> None:
     """One run in experiment `odt/report` per distinct table, with the table and plots as artifacts."""
-    from pipeline.caching import fingerprint  # noqa: PLC0415
-    from pipeline.tracking import Tracker, stage_tags  # noqa: PLC0415
-
     tracker = Tracker(root)
     key = "report:" + fingerprint(results.to_csv(index=False, float_format="%.6f"))
     run = tracker.run(tracker.experiment("odt/report"), key, "report", stage_tags(root, params.profile, "report"))

@@ -15,13 +15,16 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from odt import curves
 from odt.atomic import atomic_dir, atomic_path, copy_file, write_json
+from odt.divergence import Diverged
 from pipeline import caching, heartbeat, parallel, paths
+from pipeline.tracking import RunLogger, Tracker, flat, stage_tags
 
 Job = Callable[[int, Path, Any], dict[str, Any]]  # (seed, seed_dir, logger or None) -> result
 
@@ -91,8 +94,6 @@ def run(stage: Stage, *, track: bool = True) -> dict[str, Any]:
 def _open_runs(stage: Stage, how: dict[str, Any], key: dict[str, Any], pending: list[int], ran: dict[str, Any]) -> None:
     """The stage's MLflow parent run and a child run per seed, found again by key after a rerun; a seed that finished
     before a crash but was not yet published is published now. `how` records each step as it is taken."""
-    from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
-
     tracker = how["tracker"] = Tracker(stage.root)
     exp = how["exp"] = tracker.experiment(f"odt/{stage.task}")
     tags = stage_tags(stage.root, stage.params.profile, f"{stage.name}@{stage.task}", task=stage.task, **ran,
@@ -110,14 +111,12 @@ def _open_runs(stage: Stage, how: dict[str, Any], key: dict[str, Any], pending: 
 def _seed(stage: Stage, seed: int, seed_dir: Path, threads: int, tracking: tuple[str, str] | None,
           hb: dict | None = None) -> dict[str, Any]:
     """One seed in a worker process: never raises, so the other seeds finish and keep their results."""
-    import torch  # noqa: PLC0415
+    import torch
 
     stop = heartbeat.watch(hb)  # ends this process if the stage dies
     torch.set_num_threads(threads)
     info = {"seed": seed, "pid": os.getpid(), "threads": torch.get_num_threads()}
     try:
-        from pipeline.tracking import RunLogger, Tracker  # noqa: PLC0415
-
         result = caching.done(seed_dir / "result.json")
         if result is None:
             result = stage.job(seed, seed_dir, None if tracking is None else RunLogger(*tracking))
@@ -134,7 +133,6 @@ def _seed(stage: Stage, seed: int, seed_dir: Path, threads: int, tracking: tuple
                 Tracker(stage.root, tracking[0]).finish(tracking[1], "FAILED")
             except Exception:  # the store itself may be the problem; the stage reports the seed anyway
                 pass
-        from odt.divergence import Diverged  # noqa: PLC0415
 
         said = isinstance(err, (OSError, Diverged))  # a full disk, a read-only dir, NaN: the message says it all
         error = " ".join(str(err).split())  # one line

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from odt.config import ConfigError
 from odt.curves import save_figure
 from odt.lock import file_lock
@@ -29,7 +31,8 @@ DIRECTION = "maximize"
 METRIC = "eval_normalized"  # the objective's name in optuna-dashboard: the final normalized return
 HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial without a heartbeat for GRACE_S is marked FAIL
 WORKER_ATTR, SPACE_ATTR, UID_ATTR, OBJECTIVE_ATTR = "odt.worker", "odt.search_space", "odt.uid", "odt.objective"
-# what `pip install` gives an RDB URL a driver; postgresql's (SQLAlchemy 2.1's default, psycopg 3) is in requirements.lock
+# what `pip install` gives an RDB URL a driver; postgresql's (SQLAlchemy 2.1's default, psycopg 3) is in
+# requirements.lock
 DRIVERS = {"postgresql": "'psycopg[binary]==3.3.9'", "mysql": "PyMySQL"}
 
 
@@ -50,7 +53,7 @@ class Budget:
     eval_every: int = 0  # finetuning evaluates where its rounds end
 
     @classmethod
-    def of(cls, plan: TaskPlan, tune: TuneParams, phase: str) -> "Budget":
+    def of(cls, plan: TaskPlan, tune: TuneParams, phase: str) -> Budget:
         """params.yaml `tune`'s budget for the phase, else the task's own; by default a pretrain trial evaluates 5
         times."""
         if phase == "finetune":
@@ -77,7 +80,7 @@ def storage_label(spec: str, root: Path) -> str:
         return f"journal:{_from_root(spec[len('journal:'):], root)}"
     if spec.startswith("sqlite:///") and spec not in ("sqlite:///", "sqlite:///:memory:"):
         return f"sqlite:///{_from_root(spec[len('sqlite:///'):], root).resolve()}"
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
+    from sqlalchemy.engine import make_url
 
     try:
         return make_url(spec).render_as_string(hide_password=True)
@@ -91,15 +94,15 @@ def open_storage(spec: str, root: Path, *, heartbeat: int = HEARTBEAT_S, grace: 
     On an RDB a running trial writes a heartbeat every `heartbeat` seconds; a worker starting
     a trial marks FAIL those of other workers silent for `grace` seconds.
     """
-    import optuna  # noqa: PLC0415
-    import sqlalchemy.exc  # noqa: PLC0415
+    import optuna
+    import sqlalchemy.exc
 
     label = storage_label(spec, root)
     if spec.startswith("journal:"):
         path = Path(label[len("journal:"):])
         if not path.parent.is_dir():
             raise StudyError(f"cannot open Optuna storage {label}: directory {path.parent} does not exist")
-        from optuna.storages.journal import JournalFileBackend  # noqa: PLC0415
+        from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path))), label
     url = label if label.startswith("sqlite:///") else spec
@@ -118,7 +121,11 @@ def open_storage(spec: str, root: Path, *, heartbeat: int = HEARTBEAT_S, grace: 
                         heartbeat_interval=heartbeat, grace_period=grace)
                 break
             # PostgreSQL's DuplicateTable is a ProgrammingError ("relation ... already exists")
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            except (
+                sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError,
+            ) as err:
                 racing = ("already exists", "locked", "UNIQUE constraint", "duplicate key")
                 if attempt == 2 or not any(s in str(err) for s in racing):
                     raise
@@ -148,7 +155,7 @@ def search_space(tune: TuneParams) -> dict[str, dict[str, float]]:
 
 def make_sampler(seed: int):
     """TPE whose draws for trial k use seed + k: reproducible, and two workers never draw alike."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     class TrialSeededTPE(optuna.samplers.BaseSampler):
         def __init__(self) -> None:
@@ -175,7 +182,7 @@ def make_sampler(seed: int):
 
 
 def make_pruner(tune: TuneParams, budget: Budget):
-    import optuna  # noqa: PLC0415
+    import optuna
 
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=0)
@@ -189,7 +196,7 @@ def make_pruner(tune: TuneParams, budget: Budget):
 
 def load_study(name: str, storage, label: str, tune: TuneParams, budget: Budget):
     """Create or continue the study; the search space it was created with must be params.yaml's."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
                                 sampler=make_sampler(tune.sampler_seed),
@@ -230,15 +237,12 @@ def _describe(space: dict[str, dict[str, float]]) -> str:
 
 
 def worker_id() -> dict[str, Any]:
-    import psutil  # noqa: PLC0415
-
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
 
 
 def fail_dead_trials(study) -> list[int]:
     """RUNNING trials of a process on this host that no longer exists: FAIL (journal storage has no heartbeat)."""
-    import optuna  # noqa: PLC0415
-    import psutil  # noqa: PLC0415
+    import optuna
 
     failed = []
     host = socket.gethostname()
@@ -259,7 +263,7 @@ def fail_dead_trials(study) -> list[int]:
 # what it leaves ------------------------------------------------------------------------------
 def summarize(study, plan: TaskPlan, params: Params, label: str, budget: Budget) -> dict:
     """reports/tune/<task>-<phase>.json without its plots: the best values, the study's settings, every trial."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -279,7 +283,7 @@ def summarize(study, plan: TaskPlan, params: Params, label: str, budget: Budget)
         "n_trials": len(trials),
         "states": {k: v for k, v in states.items() if v},
         "objective": f"eval normalized return after {budget.amount} {budget.unit}"
-                     f"{' (seed 0, from runs/' + plan.name + '/pretrain/checkpoint.pt)' if phase == 'finetune' else ''}",
+        f"{' (seed 0, from runs/' + plan.name + '/pretrain/checkpoint.pt)' if phase == 'finetune' else ''}",
         "direction": DIRECTION,
         "budget": budget.amount,
         "eval_every": budget.eval_every or None,
@@ -289,19 +293,21 @@ def summarize(study, plan: TaskPlan, params: Params, label: str, budget: Budget)
         "sampler": f"TPE, seed {params.tune.sampler_seed} + trial number",
         "pruner": params.tune.pruner,
         "params_yaml_values": {k: getattr(base, k) for k in TUNABLE},
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                    "last_step": t.last_step} for t in trials],
+        "trials": [
+            {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "last_step": t.last_step}
+            for t in trials
+        ],
     }
 
 
 def write_plots(study, out: Path, title: str) -> tuple[dict[str, str], dict[str, float] | None, str | None]:
     """Optimization history and parameter importances (fANOVA, seeded) as PNG; importances need 2 completed trials."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import optuna  # noqa: PLC0415
-    from optuna.visualization import matplotlib as ovm  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
 
     history, importance = out.with_name(out.stem + "-history.png"), out.with_name(out.stem + "-importance.png")
     with warnings.catch_warnings():

@@ -21,9 +21,11 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
+from odt.lock import file_lock
 from pipeline import interrupts
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -92,7 +94,7 @@ class Tracker:
     """Experiments and runs in the store at `uri` (default: sqlite mlflow.db in the repo root)."""
 
     def __init__(self, root: Path, uri: str | None = None):
-        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+        from mlflow.tracking import MlflowClient
 
         self.root = Path(root).resolve()
         self.uri = uri or tracking_uri(self.root)
@@ -116,8 +118,6 @@ class Tracker:
     def lock(self):
         """Find-then-create under one lock, beside a sqlite store (else in the repository): two processes with one
         run key make one run. The lock file is removed when released."""
-        from odt.lock import file_lock  # noqa: PLC0415
-
         db = _sqlite_path(self.uri)
         return file_lock(db.with_name(db.name + ".lock") if db else self.root / ".mlflow-runs.lock")
 
@@ -169,7 +169,7 @@ class Tracker:
         return _retry(self.client.get_run, run_id).info.status
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param  # noqa: PLC0415
+        from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
@@ -193,7 +193,7 @@ class Tracker:
         return run_id, finished
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag  # noqa: PLC0415
+        from mlflow.entities import RunTag
 
         _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -232,7 +232,7 @@ class RunLogger:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient  # noqa: PLC0415
+            from mlflow.tracking import MlflowClient
 
             self._client = _retry(MlflowClient, self.uri)
         return self._client
@@ -254,7 +254,7 @@ class RunLogger:
 
     def log_summary(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Values logged as they are, without the step bookkeeping (a run's final numbers)."""
-        from mlflow.entities import Metric  # noqa: PLC0415
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]

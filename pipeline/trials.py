@@ -3,12 +3,15 @@ its MLflow run, a child of the study's (found again by key after a rerun)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from odt.divergence import Diverged
 from pipeline import paths, study
 from pipeline.params import Params, TaskPlan, phase_config
 from pipeline.study import Budget
+from pipeline.tracking import RunLogger, Tracker, flat, stage_tags
 
 
 class TrialLogger:
@@ -23,7 +26,7 @@ class TrialLogger:
             self.run.log(metrics, step)
 
     def report(self, value: float, step: int, final: bool) -> None:
-        import optuna  # noqa: PLC0415
+        import optuna
 
         # finetuning evaluations fall at other update counts in each trial: the pruner compares the k-th evaluation
         at = step if self.phase == "pretrain" else len(self.reported)
@@ -39,8 +42,6 @@ class StudyTracking:
     """The study's parent run and a child run per trial, found again by key after a rerun."""
 
     def __init__(self, root: Path, plan: TaskPlan, params: Params, optuna_study, label: str, budget: Budget):
-        from pipeline.tracking import Tracker, flat, stage_tags  # noqa: PLC0415
-
         phase = budget.phase
         self.tracker = Tracker(root)
         self.exp = self.tracker.experiment(f"odt/{plan.name}")
@@ -61,8 +62,6 @@ class StudyTracking:
         self.tracker.set_tags(self.parent, self.settings)
 
     def start_trial(self, number: int, hp: dict[str, float]):
-        from pipeline.tracking import RunLogger  # noqa: PLC0415
-
         run_id, _ = self.tracker.open(self.exp, f"{self.key}:trial{number}", f"trial {number}",
                                       {**self.tags, "trial": number}, {**hp, "trial": number, **self.settings},
                                       parent=self.parent)
@@ -76,7 +75,7 @@ class StudyTracking:
 
     def close_failed(self, optuna_study) -> None:
         """Child runs of trials that failed elsewhere (a killed worker) are still RUNNING in MLflow."""
-        import optuna  # noqa: PLC0415
+        import optuna
 
         for t in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
             found = self.tracker.find(self.exp, f"{self.key}:trial{t.number}")
@@ -106,9 +105,8 @@ class Objective:
         self.space = study.search_space(params.tune)
 
     def __call__(self, trial) -> float:
-        import optuna  # noqa: PLC0415
+        import optuna
 
-        from odt.divergence import Diverged  # noqa: PLC0415
 
         hp = {k: trial.suggest_float(k, v["low"], v["high"], log=True) for k, v in self.space.items()}
         trial.set_user_attr(study.WORKER_ATTR, study.worker_id())
@@ -132,7 +130,7 @@ class Objective:
 
     def train(self, hp: dict[str, float], logger: TrialLogger) -> float:
         """The trial's run: pretraining from scratch, or finetuning pretraining seed 0's checkpoint."""
-        from odt.loops import finetune, pretrain  # noqa: PLC0415
+        from odt.loops import finetune, pretrain
 
         cfg, _ = phase_config(self.plan, self.params, self.phase, {**hp, **self.budget}, root=self.root)
         env_fn, device, data = self.plan.env_fn(self.root), self.params.device, paths.dataset(self.root, self.plan.name)

@@ -43,7 +43,7 @@ class Options:
 def run(plan: TaskPlan, params: Params, phase: str, *, root: Path, options: Options = Options(),
         track: bool = True) -> dict[str, Any]:
     """Add trials to the task's study for `phase`, then write its best values and plots; returns the summary."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     root, tune = Path(root), params.tune
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, journal, plots
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli.fail(f"--grace ({args.grace} s) must be longer than --heartbeat ({args.heartbeat} s)")
     params, plan = cli.load_or_exit(args.params, args.task)
     if args.threads:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(args.threads)
     options = Options(args.n_trials, args.timeout, args.storage, args.study, args.heartbeat, args.grace)

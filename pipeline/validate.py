@@ -13,13 +13,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from odt.atomic import write_text
+from pipeline import cli
+
 OK = "params.yaml is valid: every key known, every task's configs built\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from odt.atomic import write_text  # noqa: PLC0415
-    from pipeline import cli  # noqa: PLC0415
-
     ap = cli.Parser(prog="python -m pipeline.validate", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", required=True, help="written when the file is valid (always the same text)")

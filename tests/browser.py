@@ -12,12 +12,14 @@ study, then every check below.
 """
 from __future__ import annotations
 
+import argparse
 import html.parser
 import json
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 import urllib.request
@@ -25,7 +27,10 @@ from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
+import optuna
 from services import BIN, ROOT, Service, free_port, service_env, stop_group
+
+from pipeline.params import load_params
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -265,8 +270,6 @@ def check_dvc_plots(base: str, server: Service, tasks: list[str], shots: Path | 
 
 def check_all(repo: Path, mlflow_uri: str, tasks: list[str], studies: list[str], logs: Path,
               shots: Path | None = None) -> dict:
-    import optuna
-
     storage = "sqlite:///optuna.db"
     url = f"sqlite:///{repo / 'optuna.db'}"
     trials = {name: optuna.load_study(study_name=name, storage=url).get_trials() for name in studies}
@@ -281,8 +284,7 @@ def check_all(repo: Path, mlflow_uri: str, tasks: list[str], studies: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     """reports/screens/ from the quick profile: a fresh copy of the checkout, `dvc repro`, a study, every check."""
-    import argparse
-    import sys
+    from test_pipeline_e2e import copy_worktree, pipeline_env  # noqa: PLC0415 (a cycle: it imports this module)
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out", type=Path)
@@ -290,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-trials", type=int, default=10)
     args = ap.parse_args(argv)
     args.out = args.out.resolve()
-    from test_pipeline_e2e import copy_worktree, pipeline_env
 
     def sh(*cmd: str, cwd: Path, env: dict[str, str]) -> str:  # no time limit: the quick profile takes minutes
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -310,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         sh("git", "add", "-A", cwd=repo, env=env)
         sh("git", "commit", "-qm", args.profile, cwd=repo, env=env)
         print(sh(str(BIN / "dvc"), "repro", cwd=repo, env=env)[-2000:])
-        from pipeline.params import load_params
 
         _, plans = load_params(repo / "params.yaml")
         tasks = list(plans)

@@ -1,9 +1,22 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from finetune_stage import FT_SEEDS, FT_TASK, finetune_results, stage_inputs
+from finetune_stage import FT_TASK as TASK
+
+from odt.data import Trajectory
+from odt.datasets.fetch import fetch as fetch_task
+from odt.datasets.hdf5 import write_d4rl_hdf5
+from odt.envs import make_env
+from pipeline import finetune, paths, pretrain, seeds
+from pipeline.params import load_params
+from pipeline.profile import render
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -20,12 +33,6 @@ def _few_threads():
 @pytest.fixture(scope="session")
 def hopper_random_hdf5(tmp_path_factory) -> Path:
     """A small D4RL-layout file of random-policy Hopper episodes: real dynamics, seconds to make."""
-    import numpy as np
-
-    from odt.data import Trajectory
-    from odt.datasets.hdf5 import write_d4rl_hdf5
-    from odt.envs import make_env
-
     env = make_env("hopper-medium-v2")
     rng = np.random.default_rng(0)
     trajectories = []
@@ -49,15 +56,6 @@ def hopper_random_hdf5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     """A root with the tiny profile cut to one task and 4 seeds, its dataset and every seed pretrained."""
-    import shutil
-
-    import yaml
-
-    from finetune_stage import FT_SEEDS, FT_TASK
-    from pipeline import paths, pretrain, seeds
-    from pipeline.params import load_params
-    from pipeline.profile import render
-
     root = tmp_path_factory.mktemp("pretrained")
     raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
     raw["seeds"] = FT_SEEDS
@@ -74,12 +72,6 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
 def fetched(tmp_path, hopper_random_hdf5) -> Path:
     """A root with the tiny profile cut to one task and one seed, its dataset written by the fetch stage's code
     (so its .json records the file's sha256)."""
-    import yaml
-
-    from finetune_stage import FT_TASK as TASK
-    from odt.datasets.fetch import fetch as fetch_task
-    from pipeline.profile import render
-
     root = tmp_path / "repo"
     raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
     raw["seeds"], raw["parallel"]["n_jobs"] = 1, 1
@@ -94,10 +86,6 @@ def fetched(tmp_path, hopper_random_hdf5) -> Path:
 @pytest.fixture(scope="session")
 def baseline(pretrained, tmp_path_factory) -> dict:
     """The finetune stage run once, uninterrupted, on the default backend (loky): what every fault must reproduce."""
-    from finetune_stage import FT_SEEDS, FT_TASK, finetune_results, stage_inputs
-    from pipeline import finetune, seeds
-    from pipeline.params import load_params
-
     root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
     params, plans = load_params(root / "params.yaml")
     assert params.parallel.backend == "loky"

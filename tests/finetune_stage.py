@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 from pipeline import paths
 
 FT_TASK = "hopper-medium-v2"
 FT_SEEDS = 4
+
+
+def stage_cmd(stage: str, root, *extra: str) -> list[str]:
+    """`python -m pipeline.<stage>` on FT_TASK with the inputs and params.yaml in `root`."""
+    return [sys.executable, "-m", f"pipeline.{stage}", "--task", FT_TASK, "--root", str(root), "--params",
+            str(root / "params.yaml"), *extra]
 
 
 def stage_inputs(root, src):

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
         data = srv.files.get(self.path)
@@ -52,7 +52,12 @@ def serve(files: dict[str, bytes], *, drops: dict[str, int] | None = None, drop_
     """Serve `files` (URL path -> bytes); `drops[path]` requests of a path hang up after `drop_fraction` of it."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
-    server.files, server.drops, server.drop_fraction, server.ranges = dict(files), dict(drops or {}), drop_fraction, ranges
+    server.files, server.drops, server.drop_fraction, server.ranges = (
+        dict(files),
+        dict(drops or {}),
+        drop_fraction,
+        ranges,
+    )
     server.requests = []
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

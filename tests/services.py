@@ -63,7 +63,8 @@ def group_members(pgid: int) -> list[int]:
 
 
 def stop_group(pgid: int, timeout: float = 20.0, sig: int = signal.SIGTERM) -> list[int]:
-    """`sig` to process group `pgid`, wait at most `timeout` s, SIGKILL what is left; returns the pids still there (none)."""
+    """`sig` to process group `pgid`, wait at most `timeout` s, SIGKILL what is left; returns the pids still there
+    (none)."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -130,7 +131,7 @@ class Service:
         self.proc.wait(timeout=10)
         assert not left, f"{self.cmd[0]}: processes {left} survived SIGKILL"
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         return self
 
     def __exit__(self, *exc) -> None:

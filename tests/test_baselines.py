@@ -1,21 +1,23 @@
 """Table 5.1's baselines: IQL's losses and value fit, offline IQL learning a task, DT's regression, SAC's loop."""
 from __future__ import annotations
 
+import functools
 import re
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from synthetic import episodes, policy_dataset
+
 from odt import MemoryLogger, ModelConfig, OptimConfig, Trajectory
 from odt.baselines.iql import IQL, IQLConfig, TransitionBuffer, advantage_weights, expectile_loss, iql, transitions
 from odt.baselines.sac import SACConfig, sac
 from odt.checkpoint import load_checkpoint
+from odt.divergence import Diverged
+from odt.evaluation import run_episodes
 from odt.model import DecisionTransformer
 from odt.replay import TrajectoryReplayBuffer
-from odt.divergence import Diverged
 from odt.trainer import ODTTrainer
 
 
@@ -53,8 +55,12 @@ def test_value_of_a_deterministic_chain_converges_to_the_expectile_of_the_return
     actions = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(n, 2))
     s0, s1 = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
     buffer = TransitionBuffer(2 * n, 2, 1)
-    buffer.add(obs=np.tile(s0, (n, 1)), act=actions[:, :1], rew=actions[:, 0], next_obs=np.tile(s1, (n, 1)), done=np.zeros(n))
-    buffer.add(obs=np.tile(s1, (n, 1)), act=actions[:, 1:], rew=actions[:, 1], next_obs=np.tile(s1, (n, 1)), done=np.ones(n))
+    buffer.add(
+        obs=np.tile(s0, (n, 1)), act=actions[:, :1], rew=actions[:, 0], next_obs=np.tile(s1, (n, 1)), done=np.zeros(n)
+    )
+    buffer.add(
+        obs=np.tile(s1, (n, 1)), act=actions[:, 1:], rew=actions[:, 1], next_obs=np.tile(s1, (n, 1)), done=np.ones(n)
+    )
     torch.manual_seed(0)
     cfg = IQLConfig(hidden_dim=32, learning_rate=3e-3, batch_size=512, discount=gamma, tau=0.05, expectile=tau)
     agent = IQL(2, 1, cfg, total_updates=3000)
@@ -80,11 +86,10 @@ def test_offline_iql_on_a_good_policys_data_beats_random():
     data = good_mountain_car_data(15, rng)
     assert all(t.terminals[-1] for t in data) and np.mean([t.episode_return for t in data]) > 80
     cfg = IQLConfig(hidden_dim=64, offline_updates=1500, online_samples=0, log_every=500, eval_episodes=4)
-    env_fn = lambda: gym.make("MountainCarContinuous-v0")  # noqa: E731
+    env_fn = functools.partial(gym.make, "MountainCarContinuous-v0")
     logger = MemoryLogger()
     run = iql(data, cfg, env_fn, seed=0, logger=logger, progress=False)
     envs = gym.vector.SyncVectorEnv([env_fn] * 4)
-    from odt.evaluation import run_episodes
 
     random = run_episodes(lambda o: rng.uniform(-1, 1, (len(o), 1)), envs, [0, 1, 2, 3])
     assert run.final["eval_return"] > 70 > random.returns.mean()  # the goal reached, as the data did
@@ -119,7 +124,7 @@ def test_dt_is_odts_model_with_a_deterministic_head_and_its_mse_falls_ten_fold()
 def test_sac_runs_logs_and_resumes_from_its_checkpoint(tmp_path):
     cfg = SACConfig(hidden_dim=32, batch_size=32, online_samples=400, random_steps=100, eval_every=200, eval_episodes=2,
                     log_every=100, checkpoint_every=50)
-    env_fn = lambda: gym.make("Hopper-v5")  # noqa: E731
+    env_fn = functools.partial(gym.make, "Hopper-v5")
 
     class Killed(MemoryLogger):
         def log(self, metrics, step):
@@ -128,11 +133,21 @@ def test_sac_runs_logs_and_resumes_from_its_checkpoint(tmp_path):
                 raise KeyboardInterrupt  # as a kill would, after a checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        sac(cfg, env_fn, task="hopper-medium-v2", seed=0, logger=Killed(), checkpoint=tmp_path / "sac.pt", progress=False)
+        sac(
+            cfg,
+            env_fn,
+            task="hopper-medium-v2",
+            seed=0,
+            logger=Killed(),
+            checkpoint=tmp_path / "sac.pt",
+            progress=False,
+        )
     saved = load_checkpoint(tmp_path / "sac.pt")
     assert 0 < saved["num_timesteps"] < 400 and saved["buffer"]["observations"].shape[0] == saved["num_timesteps"]
     logger = MemoryLogger()
-    run = sac(cfg, env_fn, task="hopper-medium-v2", seed=0, logger=logger, checkpoint=tmp_path / "sac.pt", progress=False)
+    run = sac(
+        cfg, env_fn, task="hopper-medium-v2", seed=0, logger=logger, checkpoint=tmp_path / "sac.pt", progress=False
+    )
     assert [e["online_samples"] for e in run.evaluations] == [0, 200, 400]
     assert run.trainer.num_timesteps == 400 and run.trainer._n_updates > 0
     assert logger.rows[0][0] > saved["num_timesteps"]  # continued from the checkpoint, not from the start
@@ -141,7 +156,7 @@ def test_sac_runs_logs_and_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_diverging_iql_or_sac_stops_at_its_update_with_one_line_and_saves_no_nan(tmp_path):
-    env_fn = lambda: gym.make("Hopper-v5")  # noqa: E731
+    env_fn = functools.partial(gym.make, "Hopper-v5")
     rng = np.random.default_rng(0)
     data = episodes(env_fn(), lambda obs: rng.uniform(-1, 1, 3).astype(np.float32), 6, max_steps=40)
     cfg = IQLConfig(hidden_dim=16, batch_size=16, offline_updates=20, online_samples=0, log_every=10,
@@ -156,15 +171,18 @@ def test_a_diverging_iql_or_sac_stops_at_its_update_with_one_line_and_saves_no_n
                     checkpoint_every=20, learning_rate=1e6)
     with pytest.raises(Diverged) as err:
         sac(cfg, env_fn, task="hopper-medium-v2", seed=0, checkpoint=tmp_path / "sac.pt", progress=False)
-    assert re.fullmatch(r"sac hopper-medium-v2 seed 0 diverged at update \d+: the (critic loss|actor loss|ent coef loss|"
-                        r"ent coef|weight norm) is (nan|inf); lower sac\.learning_rate \(1000000\.0\)", str(err.value))
+    assert re.fullmatch(
+        r"sac hopper-medium-v2 seed 0 diverged at update \d+: the (critic loss|actor loss|ent coef loss|"
+        r"ent coef|weight norm) is (nan|inf); lower sac\.learning_rate \(1000000\.0\)",
+        str(err.value),
+    )
     saved = load_checkpoint(tmp_path / "sac.pt")  # the last checkpoint before: finite, and older than the divergence
     assert saved["n_updates"] < err.value.step
     assert all(torch.isfinite(t).all() for t in saved["params"]["policy"].values())
 
 
 def test_iql_killed_in_either_phase_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path):
-    env_fn = lambda: gym.make("Hopper-v5")  # noqa: E731
+    env_fn = functools.partial(gym.make, "Hopper-v5")
     rng = np.random.default_rng(0)
     data = episodes(env_fn(), lambda obs: rng.uniform(-1, 1, 3).astype(np.float32), 6, max_steps=40)
     cfg = IQLConfig(hidden_dim=16, batch_size=16, offline_updates=30, online_samples=120, log_every=10,

@@ -29,8 +29,18 @@ RUN = {"seed": 1, "max_steps": 900, "snapshot_every": 300, "checkpoint_every": 1
 
 def _cli(out: Path, **overrides) -> list[str]:
     args = {**RUN, **overrides}
-    return [sys.executable, "-m", "odt.datasets.behaviour", "train", "--env", "hopper", "--out", str(out), "--no-progress",
-            *[x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
+    return [
+        sys.executable,
+        "-m",
+        "odt.datasets.behaviour",
+        "train",
+        "--env",
+        "hopper",
+        "--out",
+        str(out),
+        "--no-progress",
+        *[x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+    ]
 
 
 def _chunks(out: Path) -> dict[str, str]:
@@ -124,7 +134,11 @@ def test_export_writes_float16_actors_that_match_the_float32_ones_and_their_mani
     package = tmp_path / "policies" / "hopper"
     manifest = export(straight, package, check_episodes=2)
     assert json.loads((package / "manifest.json").read_text()) == manifest
-    assert manifest["gym_id"] == "Hopper-v5" and manifest["seed"] == RUN["seed"] and manifest["medium"] == "actor-0000900.pt"
+    assert (
+        manifest["gym_id"] == "Hopper-v5"
+        and manifest["seed"] == RUN["seed"]
+        and manifest["medium"] == "actor-0000900.pt"
+    )
     assert [s["step"] for s in manifest["snapshots"]] == [300, 600, 900]
     assert sum(s["transitions"] for s in manifest["snapshots"]) == manifest["steps"] == RUN["max_steps"]
     assert sorted(p.name for p in package.iterdir()) == ["actor-0000300.pt", "actor-0000600.pt", "actor-0000900.pt",
@@ -135,7 +149,9 @@ def test_export_writes_float16_actors_that_match_the_float32_ones_and_their_mani
     check = manifest["fp16_check"]
     assert check["max_action_error"] <= FP16_ACTION_TOL
     assert check["episodes"] == 2 and len(check["medium_return_float16"]) == len(check["medium_return_float32"]) == 2
-    assert check["same"] == behaviour.same_returns(check["medium_return_float32"], check["medium_return_float16"])["same"]
+    assert (
+        check["same"] == behaviour.same_returns(check["medium_return_float32"], check["medium_return_float16"])["same"]
+    )
 
     # the float32 snapshot in SB3's actor vs the loaded float16 module, batched over the run's observations
     model = make_sac(get_task("hopper-medium-v2"), seed=0, train_steps=10)

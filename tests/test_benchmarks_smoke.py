@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import e2e, gpu, memory, mlflow_logging, online, rollout, run, sampler, threads, update
+from benchmarks import e2e, gpu, health, memory, mlflow_logging, online, rollout, run, sampler, threads, update
 from benchmarks.common import Result, synthetic_trajectories
 from odt.replay import TrajectoryReplayBuffer
 
@@ -33,7 +33,9 @@ def test_loop_baseline_rebuilds_odt_batches_exactly():
         first = int(b.mask[i].argmax())
         start = int(b.timesteps[i, first])
         seg = sampler.segment(stored[b.trajectory_ids[i]], start, K)
-        for got, want in zip(seg, (b.states[i], b.actions[i], b.rewards[i], b.returns_to_go[i], b.timesteps[i], b.mask[i])):
+        for got, want in zip(
+            seg, (b.states[i], b.actions[i], b.rewards[i], b.returns_to_go[i], b.timesteps[i], b.mask[i])
+        ):
             np.testing.assert_allclose(got, want, rtol=1e-6)
     out = sampler.loop_sample(stored, 16, K, np.random.default_rng(1))
     assert [a.shape for a in out] == [(16, K, 11), (16, K, 3), (16, K), (16, K), (16, K), (16, K)]
@@ -138,8 +140,6 @@ def test_run_writes_report_and_rejects_bad_names(tmp_path, capsys):
 
 
 def test_health_summary_takes_every_variant(tmp_path):
-    from benchmarks import health
-
     names = list(health.VARIANTS)  # all 13: the plot splits them over its two axes
     runs = [{"variant": n, "seed": s, "wall_time": 1.0, "rows": [{"updates": 100, "nll": 0.5}],
              "evaluations": [{"updates": u, "eval_normalized": float(i + s + u / 1000), "eval_length_std": 2.0}

@@ -24,7 +24,9 @@ def d4rl_bytes(tmp_path_factory) -> bytes:
     for n in (900, 1000, 700):
         terminals = np.zeros(n, dtype=bool)
         terminals[-1] = n < 1000
-        trajectories.append(Trajectory(rng.normal(size=(n, 11)), rng.uniform(-1, 1, (n, 3)), rng.normal(size=n), terminals))
+        trajectories.append(
+            Trajectory(rng.normal(size=(n, 11)), rng.uniform(-1, 1, (n, 3)), rng.normal(size=n), terminals)
+        )
     path = write_d4rl_hdf5(tmp_path_factory.mktemp("src") / "hopper.hdf5", trajectories)
     return path.read_bytes()
 

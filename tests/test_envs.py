@@ -44,7 +44,9 @@ def test_env_dims_match_dataset(task):
     env.close()
 
 
-@pytest.mark.parametrize("task, version", [("hopper-medium-v2", "v4"), ("walker2d-medium-v2", "v4"), ("halfcheetah-medium-v2", "v4")])
+@pytest.mark.parametrize(
+    "task, version", [("hopper-medium-v2", "v4"), ("walker2d-medium-v2", "v4"), ("halfcheetah-medium-v2", "v4")]
+)
 def test_v4_is_selectable(task, version):
     env = make_env(task, version)
     assert env.spec.id.endswith("-v4")
@@ -78,7 +80,12 @@ def test_fixed_observation_dims_follow_the_dataset(tmp_path):
     np.testing.assert_array_equal(dims, np.arange(27, 111))
     np.testing.assert_array_equal(values, np.zeros(84))
     assert fixed_observation_dims("ant-medium-v2", _ant_data(None)) is None  # real contact forces vary: keep them
-    assert fixed_observation_dims("hopper-medium-v2", [Trajectory(np.zeros((3, 11)), np.zeros((3, 3)), np.zeros(3), np.zeros(3))]) is None
+    assert (
+        fixed_observation_dims(
+            "hopper-medium-v2", [Trajectory(np.zeros((3, 11)), np.zeros((3, 3)), np.zeros(3), np.zeros(3))]
+        )
+        is None
+    )
     # through the dataset's .json, as the fetch stage records it
     meta = tmp_path / "ant.json"
     meta.write_text(json.dumps({"fixed_obs": fixed_obs_json((dims, values + 0.5))}))

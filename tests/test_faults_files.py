@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from killed_writer import killed_writers_temp
+from mlflow.tracking import MlflowClient
+
 from odt import atomic
 from odt.atomic import atomic_dir, atomic_path, recover_dir, write_text
+from odt.lock import LockBusy, file_lock
+from pipeline.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +104,9 @@ def test_temporaries_of_dead_writers_are_removed_and_a_live_writers_are_kept(tmp
 def test_the_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     events = []
     real_replace, real_fsync = os.replace, os.fsync
-    monkeypatch.setattr(os, "replace", lambda src, dst: (real_replace(src, dst), events.append(("replace", str(dst))))[0])
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (real_replace(src, dst), events.append(("replace", str(dst))))[0]
+    )
     monkeypatch.setattr(os, "fsync", lambda fd: (real_fsync(fd), events.append(
         ("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file", ""))))
     write_text(tmp_path / "a.txt", "x")
@@ -131,8 +136,12 @@ def test_dvc_ignores_what_odt_atomic_leaves_beside_a_target(tmp_path):
     shutil.copy(ROOT / ".dvcignore", tmp_path / ".dvcignore")
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, capture_output=True)
-    names = [f"runs/t/finetune/seed_0/.result.json.tmp-{atomic.HOST}-123-abc.tmp", f"runs/t/.finetune.old-{atomic.HOST}-1-0",
-             f"reports/.plots.tmp-{atomic.HOST}-9-x/a.png", "runs/t/finetune/seed_0/result.json"]
+    names = [
+        f"runs/t/finetune/seed_0/.result.json.tmp-{atomic.HOST}-123-abc.tmp",
+        f"runs/t/.finetune.old-{atomic.HOST}-1-0",
+        f"reports/.plots.tmp-{atomic.HOST}-9-x/a.png",
+        "runs/t/finetune/seed_0/result.json",
+    ]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
@@ -162,12 +171,14 @@ def test_file_lock_leaves_no_file_and_still_excludes(tmp_path):
         assert p.returncode == 0, err
     assert counter.read_text() == "200"  # no increment lost: one holder at a time, although the file comes and goes
     assert not lock.exists()
-    from odt.lock import LockBusy, file_lock
 
     with file_lock(lock):
         assert lock.exists()
-        holder = python("import sys\nfrom odt.lock import file_lock, LockBusy\ntry:\n    with file_lock(sys.argv[1], wait=False): "
-                        "print('got it')\nexcept LockBusy as e:\n    print('busy')", str(lock))
+        holder = python(
+            "import sys\nfrom odt.lock import file_lock, LockBusy\ntry:\n    with file_lock(sys.argv[1], wait=False): "
+            "print('got it')\nexcept LockBusy as e:\n    print('busy')",
+            str(lock),
+        )
         assert holder.stdout.strip() == "busy"
     assert not lock.exists()
     assert LockBusy.__mro__[1] is RuntimeError
@@ -195,13 +206,11 @@ RACING_RUN = """
 
 @pytest.mark.slow
 def test_two_processes_with_one_run_key_make_one_mlflow_run(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking import Tracker
-
     uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
     Tracker(tmp_path, uri).experiment("odt/race")
-    procs = [python(RACING_RUN, str(tmp_path), uri, str(go), str(tmp_path / f"ready-{i}"), wait=False) for i in range(3)]
+    procs = [
+        python(RACING_RUN, str(tmp_path), uri, str(go), str(tmp_path / f"ready-{i}"), wait=False) for i in range(3)
+    ]
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("ready-*"))) < 3 and time.monotonic() < deadline:  # all three at the line
         time.sleep(0.05)

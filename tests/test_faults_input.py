@@ -18,10 +18,12 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from finetune_stage import FT_TASK as TASK
+from finetune_stage import stage_cmd, stage_inputs
 
-from finetune_stage import FT_TASK as TASK, stage_inputs
 from odt.datasets.hdf5 import DatasetError, load_d4rl_hdf5, write_d4rl_hdf5
-from pipeline import fetch, paths, pretrain, validate
+from pipeline import dt, finetune, iql, paths, pretrain, seeds, tune, validate
+from pipeline.params import load_params, parse_params
 from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +48,8 @@ def test_a_truncated_pretrained_checkpoint_is_one_line_before_any_seed_or_mlflow
     (old / "result.json").write_text("old\n")
     (root / "runs" / TASK / "finetune.json").write_text("old\n")
     before = tree(root)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root),
-                           "--params", str(root / "params.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run(stage_cmd("finetune", root), cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2
     line = one_line(proc.stderr)
     assert line.startswith(f"error: checkpoint {bad} cannot be read (") and line.endswith(
@@ -89,10 +90,6 @@ def test_a_dataset_altered_after_its_fetch_stops_the_stage_before_any_seed_or_ml
 
 def test_every_stage_that_reads_the_dataset_checks_it_and_a_dataset_without_a_record_is_taken_as_it_is(
         fetched, tmp_path, monkeypatch):
-    from odt.datasets.hdf5 import DatasetError
-    from pipeline import dt, finetune, iql, seeds, tune
-    from pipeline.params import load_params
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params, plans = load_params(fetched / "params.yaml")
     data, meta = paths.dataset(fetched, TASK), paths.dataset_meta(fetched, TASK)
@@ -126,8 +123,27 @@ def hdf5_copy(src: Path, dst: Path, scale_actions: float = 1.0) -> Path:
 
 
 def fetch_file(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.fetch", "--task", TASK, "--source", "file", "--path", str(path),
-                           "--out", str(out), "--no-progress", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.fetch",
+            "--task",
+            TASK,
+            "--source",
+            "file",
+            "--path",
+            str(path),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_directory_given_as_the_dataset_file_is_named_a_directory(tmp_path, hopper_random_hdf5):
@@ -163,7 +179,8 @@ def test_actions_outside_the_unit_box_are_rejected_or_clipped_on_request(tmp_pat
     assert proc.returncode == 2
     assert one_line(proc.stderr) == (
         f"error: {data}: {outside} of {actions.size} action values lie outside [-1, 1] (min {actions.min():.4g}, "
-        f"max {actions.max():.4g}); fix the data, or pass --clip-actions (fetch block: clip-actions: true) to clip them")
+        f"max {actions.max():.4g}); fix the data, or pass --clip-actions (fetch block: clip-actions: true) to clip them"
+    )
     assert tree(out) == {"keep.txt": b"old output\n"}
 
     proc = fetch_file(data, out, "--clip-actions")
@@ -176,7 +193,6 @@ def test_actions_outside_the_unit_box_are_rejected_or_clipped_on_request(tmp_pat
     # the params.yaml key that DVC turns into the flag
     raw = yaml.safe_load(render("tiny", root=ROOT))
     raw["tasks"][TASK]["fetch"]["clip-actions"] = True
-    from pipeline.params import parse_params
 
     assert parse_params(raw).tasks[TASK].fetch.as_args()["clip-actions"] is True
 
@@ -203,11 +219,14 @@ def test_an_unknown_top_level_key_stops_every_stage_and_the_params_stage(tmp_pat
     message = f"error: invalid {path}: unknown field 'seedz' (check the spelling)"
     assert stage_error(capsys, validate.main, ["--params", str(path), "--out", str(out)]) == message
     assert not out.exists()
-    assert stage_error(capsys, pretrain.main, ["--task", TASK, "--params", str(path), "--root", str(tmp_path)]) == message
+    assert (
+        stage_error(capsys, pretrain.main, ["--task", TASK, "--params", str(path), "--root", str(tmp_path)]) == message
+    )
     assert not (tmp_path / "runs").exists()
     params_file(tmp_path)
     assert validate.main(["--params", str(path), "--out", str(out)]) == 0
-    assert out.read_text() == validate.OK  # the same text whatever the params: stages after it re-run on their keys only
+    # the same text whatever the params: stages after it re-run on their keys only
+    assert out.read_text() == validate.OK
 
 
 def test_a_bad_value_in_another_task_stops_this_tasks_stage(tmp_path, capsys):
@@ -244,8 +263,10 @@ def test_a_bad_flag_is_one_line_at_once_and_no_stage_imports_torch_to_parse_its_
                                      "(see python -m pipeline.pretrain --help)")
     assert elapsed < 5, elapsed  # was 7-9 s: torch before the flags
     stages = ["fetch", "pretrain", "finetune", "dt", "iql", "sac", "report", "tune", "profile", "validate"]
-    code = (f"import sys\nfor s in {stages}: __import__('pipeline.' + s)\n"
-            "print(sorted(m for m in ('torch', 'gymnasium', 'h5py', 'mlflow', 'optuna', 'joblib') if m in sys.modules))")
+    code = (
+        f"import sys\nfor s in {stages}: __import__('pipeline.' + s)\n"
+        "print(sorted(m for m in ('torch', 'gymnasium', 'h5py', 'mlflow', 'optuna', 'joblib') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"

@@ -10,16 +10,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import yaml
-
 from finetune_stage import FT_TASK as TASK
+from finetune_stage import stage_cmd
+from mlflow.tracking import MlflowClient
+
 from odt.checkpoint import load_checkpoint
 from pipeline import paths
 from pipeline.profile import render
+from pipeline.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = 2
@@ -34,11 +36,10 @@ def test_a_diverging_pretraining_is_one_line_exit_1_and_publishes_nothing(tmp_pa
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     shutil.copy(hopper_random_hdf5, paths.dataset(root, TASK))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from pipeline.tracking import Tracker
 
-    Tracker(root, uri).experiment(f"odt/{TASK}")  # the store exists: MLflow's "creating tables" lines are not the stage's
-    proc = subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--task", TASK, "--root", str(root),
-                           "--params", str(root / "params.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    # the store exists: MLflow's "creating tables" lines are not the stage's
+    Tracker(root, uri).experiment(f"odt/{TASK}")
+    proc = subprocess.run(stage_cmd("pretrain", root), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.splitlines()
@@ -58,7 +59,6 @@ def test_a_diverging_pretraining_is_one_line_exit_1_and_publishes_nothing(tmp_pa
         assert 1 < step and state["num_updates"] == step - 1
         tensors = [*state["model"].values(), *(t for s in state["optimizer"]["state"].values() for t in s.values())]
         assert all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point())
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from finetune_stage import FT_TASK as TASK
+from finetune_stage import stage_cmd
+
 from odt import atomic
 from odt.atomic import WriteError
 from odt.checkpoint import load_checkpoint, save_checkpoint
@@ -73,7 +74,16 @@ def run(cmd: list[str], *, env: dict | None = None, prefix: list[str] = ()) -> s
 
 
 def report_cmd(root: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline.report", "--root", str(root), "--params", str(root / "params.yaml"), "--no-track"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.report",
+        "--root",
+        str(root),
+        "--params",
+        str(root / "params.yaml"),
+        "--no-track",
+    ]
 
 
 def test_a_read_only_reports_dir_is_one_line_naming_it_and_the_old_report_stays(baseline, world_readable):
@@ -112,8 +122,9 @@ def test_a_full_stage_output_dir_is_one_line_and_the_published_seeds_stay(baseli
     (task_runs / "finetune" / "seed_0" / "result.json").write_text("old result\n")
     before = tree(task_runs)
     # 16 KiB: the summary fits, a seed's policy.pt does not
-    proc = run(["bash", "-c", 'ulimit -f 16 && exec "$@"', "bash", sys.executable, "-m", "pipeline.finetune", "--task", TASK,
-                "--root", str(root), "--params", str(root / "params.yaml"), "--no-track"])
+    proc = run(
+        ["bash", "-c", 'ulimit -f 16 && exec "$@"', "bash", *stage_cmd("finetune", root, "--no-track")]
+    )
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"error: cannot write {task_runs / 'finetune' / 'seed_0' / 'policy.pt'}: File too large"]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from finetune_stage import FT_TASK as TASK
+
 from pipeline import finetune, profile
+from pipeline.params import parse_params, plan_task
 from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,10 @@ def block(raw: dict, key: str) -> dict:
 @pytest.mark.parametrize("model", ["model", "dt.model"])
 def test_a_context_longer_than_max_ep_len_is_one_line(tmp_path, capsys, model):
     err = finetune_error(capsys, tmp_path, lambda raw: block(raw, model).update(context_len=5, max_ep_len=3))
-    assert err == (f"error: params.yaml: tasks.{TASK}.{model}.context_len (5) is larger than tasks.{TASK}.{model}.max_ep_len "
-                   f"(3); lower context_len or raise max_ep_len ({TASK}'s episodes last up to 1000 steps)")
+    assert err == (
+        f"error: params.yaml: tasks.{TASK}.{model}.context_len (5) is larger than tasks.{TASK}.{model}.max_ep_len "
+        f"(3); lower context_len or raise max_ep_len ({TASK}'s episodes last up to 1000 steps)"
+    )
 
 
 @pytest.mark.parametrize("model", ["model", "dt.model"])
@@ -67,20 +70,22 @@ def test_an_evaluation_context_longer_than_the_training_context_is_one_line(tmp_
         block(raw, phase)["eval_context_len"] = 6
 
     assert finetune_error(capsys, tmp_path, edit) == (
-        f"error: params.yaml: tasks.{TASK}.{phase}.eval_context_len (6) is larger than tasks.{TASK}.{model}.context_len "
-        "(5); lower eval_context_len or raise context_len (the model is never trained on a longer context)")
+        f"error: params.yaml: tasks.{TASK}.{phase}.eval_context_len (6) is larger than "
+        f"tasks.{TASK}.{model}.context_len "
+        "(5); lower eval_context_len or raise context_len (the model is never trained on a longer context)"
+    )
 
 
 def test_more_rollouts_per_round_than_the_buffer_keeps_is_one_line(tmp_path, capsys):
-    err = finetune_error(capsys, tmp_path, lambda raw: block(raw, "finetune").update(buffer_size=2, rollouts_per_round=3))
+    err = finetune_error(
+        capsys, tmp_path, lambda raw: block(raw, "finetune").update(buffer_size=2, rollouts_per_round=3)
+    )
     assert err == (f"error: params.yaml: tasks.{TASK}.finetune.rollouts_per_round (3) is larger than "
                    f"tasks.{TASK}.finetune.buffer_size (2); raise buffer_size or lower rollouts_per_round (the buffer "
                    "keeps the newest 2 trajectories: a round's other rollouts would never be trained on)")
 
 
 def test_equal_lengths_are_accepted():
-    from pipeline.params import parse_params, plan_task
-
     raw = yaml.safe_load(render("tiny", root=ROOT))
     block(raw, "model").update(context_len=5, max_ep_len=1000)
     block(raw, "finetune").update(eval_context_len=5, buffer_size=2, rollouts_per_round=2)
@@ -95,7 +100,8 @@ def test_a_misspelt_task_key_is_named_with_the_task_meant_before_what_it_breaks(
     # the stage of a task spelt right stops too: the whole file is checked
     err = finetune_error(capsys, tmp_path, misspell, task="hopper-medium-replay-v2")
     assert err == (f"error: invalid {tmp_path / 'params.yaml'}: tasks.hoper-medium-v2: unknown task 'hoper-medium-v2'; "
-                   "did you mean hopper-medium-v2, hopper-medium-replay-v2, walker2d-medium-v2?")  # not "baselines.dt lists"
+                   # not "baselines.dt lists"
+                   "did you mean hopper-medium-v2, hopper-medium-replay-v2, walker2d-medium-v2?")
 
 
 def test_a_misspelt_task_in_a_profile_is_one_line_not_a_traceback(tmp_path, capsys):

@@ -18,18 +18,23 @@ from pathlib import Path
 
 import psutil
 import pytest
+from distributed import LocalCluster
+from finetune_stage import FT_SEEDS as SEEDS
+from finetune_stage import FT_TASK as TASK
+from finetune_stage import finetune_results, stage_cmd, stage_inputs
+from mlflow.tracking import MlflowClient
 
-from finetune_stage import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results, stage_inputs
 from pipeline import heartbeat, paths
+from pipeline.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_finetune(root: Path, uri: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root), "--params", str(root / "params.yaml")]
-    from pipeline.tracking import Tracker
+    cmd = stage_cmd("finetune", root)
 
-    Tracker(root, uri).experiment(f"odt/{TASK}")  # the store exists: MLflow's "creating tables" lines are not the stage's
+    # the store exists: MLflow's "creating tables" lines are not the stage's
+    Tracker(root, uri).experiment(f"odt/{TASK}")
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -79,7 +84,11 @@ def duplicate_steps(uri: str) -> list[tuple]:
 
 
 def snapshot(work: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(work)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(work)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(work.rglob("*"))
+        if p.is_file()
+    }
 
 
 def gone(procs: list[psutil.Process], within: float) -> bool:
@@ -94,20 +103,27 @@ def gone(procs: list[psutil.Process], within: float) -> bool:
 def assert_resumes_to_the_uninterrupted_run(root: Path, uri: str, baseline: dict, work: Path | None,
                                            resumed: bool = True) -> None:
     """The rerun gives the uninterrupted numbers, continuing what was done (`resumed`: some seed had finished)."""
-    rerun = subprocess.run([sys.executable, "-m", "pipeline.finetune", "--task", TASK, "--root", str(root),
-                            "--params", str(root / "params.yaml")], cwd=ROOT, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        stage_cmd("finetune", root),
+        cwd=ROOT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
-    assert f"of {SEEDS} seeds to run" in rerun.stdout and (f"{SEEDS} of {SEEDS} seeds" not in rerun.stdout or not resumed)
+    assert f"of {SEEDS} seeds to run" in rerun.stdout and (
+        f"{SEEDS} of {SEEDS} seeds" not in rerun.stdout or not resumed
+    )
     assert finetune_results(root) == baseline["results"]  # bit for bit
     for work in [work] if work else (root / ".cache" / "work" / TASK).glob("finetune-*"):
         assert not list(work.rglob(".*.tmp-*")) and not (work / "heartbeat.json").exists()
         assert not (work / "stage.lock").exists()
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
-    assert sorted(r.data.tags.get("seed", "parent") for r in runs) == [*map(str, range(SEEDS)), "parent"]  # no duplicate
+    # no duplicate
+    assert sorted(r.data.tags.get("seed", "parent") for r in runs) == [*map(str, range(SEEDS)), "parent"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert duplicate_steps(uri) == []  # each (run, metric, step) once, across the interruption and the resume
 
@@ -138,14 +154,14 @@ def test_ctrl_c_or_sigterm_is_one_line_no_worker_left_and_the_rerun_resumes(pret
     root, uri = stage_inputs(tmp_path / "repo", pretrained), f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = start_finetune(root, uri)
     work, workers = mid_run(proc, root)
-    os.killpg(proc.pid, signum)  # as a terminal (SIGINT) or a scheduler (SIGTERM) does: the stage and its workers at once
+    # as a terminal (SIGINT) or a scheduler (SIGTERM) does: the stage and its workers at once
+    os.killpg(proc.pid, signum)
     resume(workers)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
     assert err.splitlines() == [f"error: finetune {TASK} {how}; rerun to resume"]  # no traceback, no leak warning
     assert gone(workers, within=5)
     assert not paths.run_dir(root, TASK, "finetune").exists() and not (root / "runs" / TASK / "finetune.json").exists()
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
@@ -178,10 +194,11 @@ def test_a_signal_at_any_moment_of_a_stage_ends_it_cleanly_and_the_rerun_resumes
             assert err == "" and json.loads(out.splitlines()[-1])["seeds"] == SEEDS, (delay, err)
         else:
             how = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
-            assert (proc.returncode, err.splitlines()) == (128 + signum, [f"error: finetune {TASK} {how}; rerun to resume"]), \
-                (delay, err)
+            assert (proc.returncode, err.splitlines()) == (
+                128 + signum,
+                [f"error: finetune {TASK} {how}; rerun to resume"],
+            ), (delay, err)
         assert gone(workers, within=5), delay
-        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
@@ -230,21 +247,33 @@ def test_a_signal_during_a_store_call_is_raised_when_the_call_returns(tmp_path):
 def ticking_stage(root: Path, backend: str, address: str | None = None, ticks: int = 600,
                   go: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "TICKS": str(ticks), "GO": str(go or "")}
-    return subprocess.Popen([sys.executable, "-m", "ticking_stage", str(root), backend, *([address] if address else [])],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ticking_stage", str(root), backend, *([address] if address else [])],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def ticks(root: Path) -> list[tuple[float, int]]:
-    rows = [line.split() for f in sorted(root.glob("ticks-*.txt")) for line in f.read_text().splitlines() if line.strip()]
+    rows = [
+        line.split() for f in sorted(root.glob("ticks-*.txt")) for line in f.read_text().splitlines() if line.strip()
+    ]
     return sorted((float(t), int(pid)) for t, pid in rows)
 
 
 def ticking(root: Path, proc: subprocess.Popen, n: int = 5) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if all(len(p.read_text().splitlines()) >= n for p in (root / "ticks-0.txt", root / "ticks-1.txt") if p.exists()) \
-                and len(list(root.glob("ticks-*.txt"))) == 2:
+        if (
+            all(
+                len(p.read_text().splitlines()) >= n for p in (root / "ticks-0.txt", root / "ticks-1.txt") if p.exists()
+            )
+            and len(list(root.glob("ticks-*.txt"))) == 2
+        ):
             return
         time.sleep(0.05)
     raise AssertionError(f"the jobs never ticked:\n{proc.communicate()[1]}")
@@ -252,8 +281,6 @@ def ticking(root: Path, proc: subprocess.Popen, n: int = 5) -> None:
 
 @pytest.mark.slow
 def test_a_dask_job_ends_when_its_stage_is_killed_or_a_rerun_takes_over(tmp_path):
-    from distributed import LocalCluster
-
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         addr = cluster.scheduler_address
         # killed: the heartbeat stops, and after STALE_S the watchdogs end the cluster's worker processes
@@ -298,8 +325,14 @@ def test_a_second_live_run_of_a_stage_is_refused_with_one_line(tmp_path):
         ticking(tmp_path, first)
         pid = json.loads(next(tmp_path.glob(".cache/work/tick/tick-*/heartbeat.json")).read_text())["pid"]
         started = time.monotonic()
-        second = subprocess.run([sys.executable, "-m", "ticking_stage", str(tmp_path), "loky"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+        second = subprocess.run(
+            [sys.executable, "-m", "ticking_stage", str(tmp_path), "loky"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+        )
         assert second.returncode == 1
         assert second.stderr.splitlines() == [
             f"error: tick tick: another run of this stage (pid {pid} on {heartbeat.HOST}) is working in "
@@ -326,7 +359,6 @@ def test_two_checkouts_sharing_one_store_write_their_own_runs_and_artifacts_besi
     assert all(finetune_results(root) == baseline["results"] for root in roots)
     said = [out for out, _ in outs if "holds runs of these settings from another checkout" in out]
     assert len(said) == 1  # the second to open its runs says that it writes its own
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
@@ -339,5 +371,9 @@ def test_two_checkouts_sharing_one_store_write_their_own_runs_and_artifacts_besi
         where = Path(r.info.artifact_uri.removeprefix("file://"))
         assert where.is_relative_to(store / "mlartifacts"), where
         names = {p.name for p in where.rglob("*")}
-        assert ({"result.json", "curve.csv", "curve.png"} <= names) if "seed" in r.data.tags else ("finetune.json" in names)
+        assert (
+            ({"result.json", "curve.csv", "curve.png"} <= names)
+            if "seed" in r.data.tags
+            else ("finetune.json" in names)
+        )
     assert not any((root / "mlartifacts").exists() for root in roots)

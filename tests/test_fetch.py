@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import h5py
 import numpy as np
 import pytest
 from loopback import serve
+from test_minari import make_minari_dataset
 
+import odt.datasets.fetch
 from odt.data import Trajectory
 from odt.datasets.hdf5 import ends_with_tail, load_d4rl_hdf5, write_d4rl_hdf5
 from odt.envs import load_fixed_obs, make_env
@@ -57,7 +60,9 @@ def test_file_source_writes_normalised_dataset_and_metadata(tmp_path, hopper_fil
     assert meta["return_mean"] == pytest.approx(np.mean(returns), rel=1e-5)
     assert meta["return_min"] == pytest.approx(min(returns), rel=1e-5)
     assert meta["return_max"] == pytest.approx(max(returns), rel=1e-5)
-    assert meta["normalized_mean"] == pytest.approx(np.mean(normalized_score("hopper-medium-v2", np.array(returns))), rel=1e-5)
+    assert meta["normalized_mean"] == pytest.approx(
+        np.mean(normalized_score("hopper-medium-v2", np.array(returns))), rel=1e-5
+    )
     assert meta["sha256"] == hashlib.sha256(h5.read_bytes()).hexdigest()
     assert meta["origin"]["input_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert meta["fixed_obs"] is None and meta["tail"] is True
@@ -93,14 +98,23 @@ def _bad_cases(tmp_path, hopper_file):
             f.create_dataset(k, data=v)
     return [
         (["--task", "hopper-medium-v2", "--source", "file", "--path", str(tmp_path / "absent.hdf5")], "no such file"),
-        (["--task", "walker2d-medium-v2", "--source", "file", "--path", str(src)], "has 11 dims but walker2d-medium-v2 needs 17"),
+        (
+            ["--task", "walker2d-medium-v2", "--source", "file", "--path", str(src)],
+            "has 11 dims but walker2d-medium-v2 needs 17",
+        ),
         (["--task", "hopper-medium-v2", "--source", "file", "--path", str(junk)], "not an HDF5 file"),
         (["--task", "hopper-medium-v2", "--source", "file", "--path", str(nan)], "NaN or inf"),
         (["--task", "hoper-medium-v2", "--source", "file", "--path", str(src)], "did you mean hopper-medium-v2"),
         (["--task", "hopper-medium-v2", "--source", "file"], "--source file needs --path"),
         (["--task", "hopper-medium-v2", "--source", "ftp"], "invalid choice: 'ftp'"),
-        (["--task", "hopper-medium-v2", "--source", "file", "--path", str(src), "--url", "http://x/y.hdf5"], "--url is for --source d4rl"),
-        (["--task", "hopper-medium-v2", "--source", "generate", "--train-steps", "0"], "--train-steps must be positive"),
+        (
+            ["--task", "hopper-medium-v2", "--source", "file", "--path", str(src), "--url", "http://x/y.hdf5"],
+            "--url is for --source d4rl",
+        ),
+        (
+            ["--task", "hopper-medium-v2", "--source", "generate", "--train-steps", "0"],
+            "--train-steps must be positive",
+        ),
         (["--task", "antmaze-umaze-v2", "--source", "generate"], "use --source d4rl or --source minari"),
         (["--task", "hopper-medium-v2", "--source", "minari"], "no Minari dataset holds D4RL's data"),
     ]
@@ -121,8 +135,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, hopper_fil
 
 
 def test_failure_while_writing_leaves_old_output(tmp_path, hopper_file, monkeypatch, capsys):
-    import odt.datasets.fetch
-
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old output\n")
@@ -131,7 +143,10 @@ def test_failure_while_writing_leaves_old_output(tmp_path, hopper_file, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(odt.datasets.fetch, "write_json", broken)
-    assert fetch.main(["--task", "hopper-medium-v2", "--source", "file", "--path", str(hopper_file[0]), "--out", str(out)]) == 1
+    assert (
+        fetch.main(["--task", "hopper-medium-v2", "--source", "file", "--path", str(hopper_file[0]), "--out", str(out)])
+        == 1
+    )
     assert capsys.readouterr().err.splitlines() == [f"error: cannot write {out}: disk full"]  # one line, no traceback
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -167,8 +182,6 @@ def test_d4rl_source_downloads_from_loopback_with_a_drop(tmp_path, hopper_file):
 
 
 def test_d4rl_unreachable_names_url_and_way_out(tmp_path, capsys):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/hopper_medium-v2.hdf5"
@@ -180,8 +193,6 @@ def test_d4rl_unreachable_names_url_and_way_out(tmp_path, capsys):
 
 
 def test_minari_source_for_antmaze(tmp_path, monkeypatch):
-    from test_minari import make_minari_dataset
-
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     stored = make_minari_dataset("D4RL/antmaze/umaze-diverse-v1", make_env("antmaze-umaze-diverse-v2").env, [10, 13, 8])
     out = tmp_path / "out"

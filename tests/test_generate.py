@@ -7,14 +7,13 @@ import threading
 import h5py
 import numpy as np
 import pytest
+from killed_writer import killed_writers_temp
 
 from odt.datasets import generate
 from odt.datasets.generate import GenerateError, default_target_return, generate_task, run_name
 from odt.datasets.hdf5 import load_d4rl_hdf5
 from odt.envs import fixed_observation_dims
 from odt.tasks import get_task
-
-from killed_writer import killed_writers_temp
 
 TINY = {"seed": 3, "train_steps": 300, "transitions": 400}
 
@@ -49,7 +48,9 @@ def test_tiny_hopper_run_makes_both_datasets(hopper_run, count_runs):
     replay, info2 = generate_task("hopper-medium-replay-v2", cache_dir=cache, **TINY)
     assert count_runs == []  # the sibling task reuses the cached SAC run
     assert medium.parent == replay.parent and info2 == info
-    assert medium.parent.name == run_name("hopper", 3, 300, default_target_return(get_task("hopper-medium-v2")), 400, "v5")
+    assert medium.parent.name == run_name(
+        "hopper", 3, 300, default_target_return(get_task("hopper-medium-v2")), 400, "v5"
+    )
     assert info["sac_steps"] == 300 and not info["reached_target"]
     assert [h["step"] for h in info["eval_history"]] == [300]
 

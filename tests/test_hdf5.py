@@ -77,8 +77,15 @@ def test_antmaze_splits_at_observation_discontinuity(tmp_path):
 
 def test_write_then_load_round_trip(tmp_path):
     rng = np.random.default_rng(2)
-    trajs = [Trajectory(rng.normal(size=(n, 17)), rng.uniform(-1, 1, (n, 6)), rng.normal(size=n), np.arange(n) == n - 1 if term else np.zeros(n, bool))
-             for n, term in ((5, True), (7, False), (4, False))]
+    trajs = [
+        Trajectory(
+            rng.normal(size=(n, 17)),
+            rng.uniform(-1, 1, (n, 6)),
+            rng.normal(size=n),
+            np.arange(n) == n - 1 if term else np.zeros(n, bool),
+        )
+        for n, term in ((5, True), (7, False), (4, False))
+    ]
     path = write_d4rl_hdf5(tmp_path / "w.hdf5", trajs, metadata={"source": "test", "tail": True})
     back = load_d4rl_hdf5(path, "walker2d-medium-v2")
     assert [len(t) for t in back] == [5, 7, 4]

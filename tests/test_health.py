@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+from test_baselines import good_mountain_car_data
 
 from odt import ModelConfig, PretrainConfig, pretrain
-from test_baselines import good_mountain_car_data
 
 # the fraction of its best evaluation a run's final evaluation keeps: a collapse like the one the cpu
 # profile once showed (60-75 down to about 20) keeps 0.3

@@ -14,13 +14,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from synthetic import episodes
+
 from odt import FinetuneConfig, MemoryLogger, ModelConfig, ODTTrainer, PretrainConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
+from odt.datasets.hdf5 import load_d4rl_hdf5, write_d4rl_hdf5
+from odt.divergence import Diverged
 from odt.envs import EnvMismatchError, vector_env
 from odt.replay import TrajectoryReplayBuffer
-from odt.divergence import Diverged
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(state_dim=11, act_dim=3, context_len=5, embed_dim=32, n_layer=1, n_head=2, dropout=0.0,
@@ -54,7 +55,9 @@ def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
         assert step == ev["updates"] and row["eval_normalized"] == ev["eval_normalized"]
         # D4RL's normalisation of the same returns, in one place
         assert ev["eval_normalized"] == pytest.approx(100 * (ev["eval_return"] + 20.272305) / (3234.3 + 20.272305))
-    assert {"loss", "nll", "entropy", "temperature", "grad_norm", "learning_rate", "wall_time"} <= logger.rows[0][1].keys()
+    assert {"loss", "nll", "entropy", "temperature", "grad_norm", "learning_rate", "wall_time"} <= logger.rows[0][
+        1
+    ].keys()
     state = load_checkpoint(tmp_path / "pre.pt")
     assert state["trainer"]["num_updates"] == 40 and state["evaluations"] == run.evaluations
     assert "buffer" not in state["trainer"]  # the offline data is an input: not copied into every checkpoint
@@ -68,8 +71,6 @@ def test_pretraining_logs_evaluates_and_checkpoints_on_its_cadence(tmp_path):
 
 
 def test_the_loops_read_a_d4rl_file_themselves_and_write_their_curves(tmp_path):
-    from odt.datasets.hdf5 import load_d4rl_hdf5, write_d4rl_hdf5
-
     path = write_d4rl_hdf5(tmp_path / "hopper.hdf5", hopper_dataset())
     by_path = pretrain(path, MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", progress=False,
                        checkpoint=tmp_path / "pre.pt")
@@ -93,7 +94,8 @@ def test_finetuning_explores_fills_the_buffer_fifo_and_scores_on_its_cadence():
     logger = MemoryLogger()
     run = finetune(pre.trainer, FINETUNE, hopper, seed=1, offline=PRETRAIN, device="cpu", logger=logger, progress=False)
     trainer = run.trainer
-    assert all(torch.equal(a, b) for a, b in zip(before, pre.trainer.model.parameters()))  # the pretrained one untouched
+    # the pretrained one untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, pre.trainer.model.parameters()))
     assert trainer.seed == 1 and len(trainer.buffer) == FINETUNE.buffer_size
     rounds = run.final["round"]
     assert run.final["online_samples"] >= 60 and trainer.num_updates == 40 + 3 * rounds
@@ -183,7 +185,9 @@ def test_killed_and_rerun_through_the_library_alone_gives_the_same_numbers(tmp_p
         logged = dict((s, r) for s, r in ref["rows"][phase])
         assert all(logged[s] == r for s, r in resumed["rows"][phase])
     assert resumed["rows"]["finetune"][-1] == ref["rows"]["finetune"][-1]
-    assert len(resumed["rows"]["pretrain"] + resumed["rows"]["finetune"]) < len(ref["rows"]["pretrain"] + ref["rows"]["finetune"])
+    assert len(resumed["rows"]["pretrain"] + resumed["rows"]["finetune"]) < len(
+        ref["rows"]["pretrain"] + ref["rows"]["finetune"]
+    )
 
 
 def non_finite(state) -> list[str]:
@@ -211,8 +215,11 @@ def test_a_diverging_pretraining_stops_at_its_update_and_no_checkpoint_holds_a_n
         pretrain(hopper_dataset(), MODEL, cfg, hopper, task="hopper-medium-v2", seed=3, device="cpu", logger=logger,
                  checkpoint=tmp_path / "pre.pt", progress=False)
     step = err.value.step
-    assert re.fullmatch(rf"pretrain hopper-medium-v2 seed 3 diverged at update {step}: the (loss|gradient norm) is "
-                        r"(nan|inf) \((loss|grad norm) \S+\); lower pretrain\.learning_rate \(1000\.0\)", str(err.value))
+    assert re.fullmatch(
+        rf"pretrain hopper-medium-v2 seed 3 diverged at update {step}: the (loss|gradient norm) is "
+        r"(nan|inf) \((loss|grad norm) \S+\); lower pretrain\.learning_rate \(1000\.0\)",
+        str(err.value),
+    )
     assert 1 < step < cfg.pretrain_updates
     good = (step - 1) // block * block  # the updates of the blocks before the diverged one
     assert [s for s, _ in logger.rows] == list(range(block, good + 1, block))  # nothing of the diverged block is logged
@@ -226,8 +233,6 @@ def test_a_diverging_pretraining_stops_at_its_update_and_no_checkpoint_holds_a_n
 
 
 def test_a_diverging_finetuning_names_the_task_of_its_checkpoint_and_keeps_its_last_good_one(tmp_path):
-    from odt.datasets.hdf5 import write_d4rl_hdf5
-
     data = write_d4rl_hdf5(tmp_path / "hopper.hdf5", hopper_dataset())
     pretrain(data, MODEL, PRETRAIN, hopper, task="hopper-medium-v2", device="cpu", checkpoint=tmp_path / "pre.pt",
              progress=False)

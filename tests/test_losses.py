@@ -49,7 +49,9 @@ def test_one_sample_entropy_estimate_is_unbiased():
     logp = dist.log_prob(a).reshape(-1)
     exact = -np.trapezoid((logp.exp() * logp).numpy(), a.reshape(-1).numpy())
     torch.manual_seed(0)
-    many = TanhNormal(torch.full((200_000, 1), mu, dtype=torch.float64), torch.full((200_000, 1), ls, dtype=torch.float64))
+    many = TanhNormal(
+        torch.full((200_000, 1), mu, dtype=torch.float64), torch.full((200_000, 1), ls, dtype=torch.float64)
+    )
     _, lp = many.rsample()
     assert abs(-lp.mean().item() - exact) < 0.01
 

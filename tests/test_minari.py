@@ -1,11 +1,18 @@
 """Minari datasets made locally through Minari's own API, read back as trajectories."""
 from __future__ import annotations
 
+import socket
+
+import minari
 import numpy as np
 import pytest
+from minari.data_collector import EpisodeBuffer
 
+from odt.datasets import minari_io
+from odt.datasets.download import DownloadError
 from odt.datasets.hdf5 import DatasetError
 from odt.datasets.minari_io import load_minari
+from odt.envs import make_env
 from odt.tasks import get_task
 
 
@@ -17,9 +24,6 @@ def minari_root(tmp_path, monkeypatch):
 
 def make_minari_dataset(dataset_id: str, env, lengths, seed=0) -> list[dict]:
     """Episodes of random actions, stored with minari.create_dataset_from_buffers; returns what was stored."""
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
     episodes, buffers = [], []
     for i, n in enumerate(lengths):
         obs, _ = env.reset(seed=seed + i)
@@ -51,8 +55,6 @@ def make_minari_dataset(dataset_id: str, env, lengths, seed=0) -> list[dict]:
 
 
 def test_locomotion_round_trip(minari_root):
-    from odt.envs import make_env
-
     stored = make_minari_dataset("test/hopper/random-v0", make_env("hopper-medium-v2"), [15, 30, 9])
     trajs, dataset_id = load_minari("test/hopper/random-v0", "hopper-medium-v2", download=False)
     assert dataset_id == "test/hopper/random-v0"
@@ -68,8 +70,6 @@ def test_locomotion_round_trip(minari_root):
 
 
 def test_antmaze_dict_observations_flatten_in_d4rl_order(minari_root):
-    from odt.envs import make_env
-
     env = make_env("antmaze-umaze-v2").env  # the raw dict-observation env under odt's wrapper
     stored = make_minari_dataset("D4RL/antmaze/umaze-v1", env, [12, 7])
     trajs, dataset_id = load_minari(get_task("antmaze-umaze-v2"), download=False)
@@ -85,8 +85,6 @@ def test_antmaze_dict_observations_flatten_in_d4rl_order(minari_root):
 
 
 def test_dims_mismatch_and_missing_dataset(minari_root):
-    from odt.envs import make_env
-
     make_minari_dataset("test/hopper/random-v0", make_env("hopper-medium-v2"), [5])
     with pytest.raises(DatasetError, match="observations of 11 dims .* walker2d-medium-v2 needs 17"):
         load_minari("test/hopper/random-v0", "walker2d-medium-v2", download=False)
@@ -97,11 +95,6 @@ def test_dims_mismatch_and_missing_dataset(minari_root):
 
 
 def test_unreachable_remote_fails_fast_with_one_line(minari_root, monkeypatch):
-    import socket
-
-    from odt.datasets import minari_io
-    from odt.datasets.download import DownloadError
-
     def refuse(address, timeout=None):
         raise OSError(f"[Errno 111] Connection refused: {address[0]}")
 

@@ -45,7 +45,9 @@ def test_left_padding_with_mask_matches_the_unpadded_sequence():
     mean_short, log_std_short = model(s, a, g, t)
     K = 8  # pad three steps of garbage on the left, masked out
     pad = 3
-    garbage = lambda x: torch.cat([torch.randn(1, pad, *x.shape[2:]) * 7, x], dim=1)
+    def garbage(x):
+        return torch.cat([torch.randn(1, pad, *x.shape[2:]) * 7, x], dim=1)
+
     t_pad = torch.cat([torch.zeros(1, pad, dtype=torch.long), t], dim=1)
     mask = torch.tensor([[0.0] * pad + [1.0] * 5])
     mean_pad, log_std_pad = model(garbage(s), garbage(a), garbage(g), t_pad, mask)

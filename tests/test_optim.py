@@ -52,7 +52,9 @@ def warmup_lrs(t):  # a rising then constant rate, like the trainer's warmup
 
 
 def max_rel_diff(a, b):
-    return max(((p - q).abs().max() / q.abs().max().clamp_min(1e-12)).item() for p, q in zip(a.parameters(), b.parameters()))
+    return max(
+        ((p - q).abs().max() / q.abs().max().clamp_min(1e-12)).item() for p, q in zip(a.parameters(), b.parameters())
+    )
 
 
 def test_multi_tensor_lamb_matches_pytorch_optimizer_over_100_steps():
@@ -90,7 +92,8 @@ def test_state_dicts_move_between_the_library_lamb_and_ours_both_ways():
     train(a, lib, 10, seed=1, lrs=warmup_lrs, set_lr=set_float)
     ours = Lamb(groups(b, 0.05), lr=1e-2)
     b.load_state_dict(a.state_dict())
-    ours.load_state_dict(copy.deepcopy(lib.state_dict()))  # library -> ours (a copy: loading aliases tensors): moments, step count and rate carried
+    # library -> ours (a copy: loading aliases tensors): moments, step count and rate carried
+    ours.load_state_dict(copy.deepcopy(lib.state_dict()))
     assert [float(g["step"]) for g in ours.param_groups] == [10.0, 10.0]
     assert float(ours.param_groups[0]["lr"]) == pytest.approx(warmup_lrs(9))
     assert torch.equal(ours.state[b.fc1.weight]["exp_avg"], lib.state[a.fc1.weight]["exp_avg"])

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from browser import check_all
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["hopper-medium-v2", "hopper-medium-replay-v2"]
@@ -48,7 +51,9 @@ def pipeline_env(tracking_uri: str) -> dict[str, str]:
 
 def sh(*cmd: str, cwd: Path, env: dict[str, str]) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout + proc.stderr
 
 
@@ -57,8 +62,6 @@ def stages_run(output: str) -> set[str]:
 
 
 def is_png(path: Path) -> bool:
-    from PIL import Image
-
     if path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
         return False
     with Image.open(path) as img:
@@ -96,8 +99,6 @@ def repro(tmp_path_factory, hopper_random_hdf5) -> dict:
 @pytest.mark.slow
 def test_dashboards_show_the_runs_the_study_and_the_curves_in_a_browser(repro, tmp_path):
     """`mlflow ui`, `optuna-dashboard` and `dvc plots show` served on 127.0.0.1, each page rendered in Chromium."""
-    from browser import check_all
-
     found = check_all(repro["repo"], repro["uri"], TASKS, [f"{TASKS[0]}-pretrain"], tmp_path / "logs",
                       shots=tmp_path / "shots")
     assert {t: f["seeds"] for t, f in found.items()} == {t: SEEDS for t in TASKS}
@@ -123,7 +124,9 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
         row, ref = table.loc[task], paper.loc[task.removesuffix("-v2")]
         for column, (stage, phase) in stage_of.items():
             source = TASKS[0] if stage == "sac" else task  # SAC ran on the medium task of the environment
-            results = [json.loads(p.read_text()) for p in sorted((repo / "runs" / source / stage).glob("seed_*/result.json"))]
+            results = [
+                json.loads(p.read_text()) for p in sorted((repo / "runs" / source / stage).glob("seed_*/result.json"))
+            ]
             assert sorted(r["seed"] for r in results) == list(range(SEEDS)), (task, stage)
             values = np.array([r[f"{phase}_normalized"] for r in results])
             assert row[f"{column}_mean"] == pytest.approx(values.mean(), abs=1e-4), (task, column)
@@ -132,10 +135,16 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
             assert row[f"paper_{column}"] == pytest.approx(ref[column], nan_ok=True), (task, column)  # NaN: none
             if stage == "finetune" and phase == "offline":
                 pretrained[task] = values
-        for column, (on, off) in {"odt_delta": ("odt_online", "odt_offline"), "iql_delta": ("iql_online", "iql_offline")}.items():
+        for column, (on, off) in {
+            "odt_delta": ("odt_online", "odt_offline"),
+            "iql_delta": ("iql_online", "iql_offline"),
+        }.items():
             assert row[f"{column}_mean"] == pytest.approx(row[f"{on}_mean"] - row[f"{off}_mean"], abs=2e-4)  # rounded
         # seed k finetunes pretraining seed k's checkpoint: its offline score is that run's final evaluation
-        pre = [json.loads((repo / "runs" / task / "pretrain" / f"seed_{k}" / "result.json").read_text()) for k in range(SEEDS)]
+        pre = [
+            json.loads((repo / "runs" / task / "pretrain" / f"seed_{k}" / "result.json").read_text())
+            for k in range(SEEDS)
+        ]
         assert [p["offline_normalized"] for p in pre] == pytest.approx(list(pretrained[task]))
         finetuned = [json.loads((repo / "runs" / task / "finetune" / f"seed_{k}" / "result.json").read_text())
                      for k in range(SEEDS)]
@@ -147,7 +156,8 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
         assert curve[["odt", "iql", "sac"]].notna().all().all()  # every algorithm's curve, SAC's shared by the env
         assert np.allclose(curve["odt_upper"] - curve["odt_lower"], 2 * (curve["odt_upper"] - curve["odt"]))
         pre_curve = pd.read_csv(repo / "reports" / "pretrain_curves" / f"{task}.csv")
-        assert list(pre_curve["updates"]) == [20] and pre_curve["seed_9"].notna().all()  # tiny: evaluated at the end only
+        # tiny: evaluated at the end only
+        assert list(pre_curve["updates"]) == [20] and pre_curve["seed_9"].notna().all()
     md = (repo / "reports" / "results.md").read_text()
     assert all(f"| {t} | 150 |" in md for t in TASKS) and "δ ODT" in md and "SAC online" in md
 
@@ -164,7 +174,6 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
         assert found and plots[found[0]][0]["type"] == "vega"
 
     # MLflow: one experiment per task, a parent run per stage, a child run per seed, tagged and with metrics
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
 
@@ -203,7 +212,9 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
                     "offline_normalized", "online_normalized"} <= set(child.data.metrics)
             history = client.get_metric_history(child.info.run_id, "eval_normalized")
             assert len(history) >= 2 and len({m.step for m in history}) == len(history)  # batched, none twice
-            assert {"curve.csv", "curve.png", "policy.pt", "result.json"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert {"curve.csv", "curve.png", "policy.pt", "result.json"} <= {
+                a.path for a in client.list_artifacts(child.info.run_id)
+            }
     assert len(runs("odt/report")) == 1
 
     # nothing changed: nothing runs, no new MLflow runs
@@ -250,8 +261,12 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
 
     # a misspelt top-level key: `dvc repro` stops at the params stage with one line; nothing else runs or changes
     def outputs() -> dict[str, bytes]:
-        return {str(p.relative_to(repo)): p.read_bytes() for d in ("runs", "reports", "data") for p in sorted((repo / d).rglob("*"))
-                if p.is_file()}
+        return {
+            str(p.relative_to(repo)): p.read_bytes()
+            for d in ("runs", "reports", "data")
+            for p in sorted((repo / d).rglob("*"))
+            if p.is_file()
+        }
 
     before, good = outputs(), params_path.read_text()
     params_path.write_text(good.replace("\nseeds: 10\n", "\nseedz: 10\n"))

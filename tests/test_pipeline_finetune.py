@@ -18,20 +18,23 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-
-from finetune_stage import FT_SEEDS as SEEDS, FT_TASK as TASK, finetune_results as results, stage_inputs
-from pipeline import finetune, jobs, parallel, paths
-from pipeline.params import load_params
+from finetune_stage import FT_SEEDS as SEEDS
+from finetune_stage import FT_TASK as TASK
+from finetune_stage import finetune_results as results
+from finetune_stage import stage_inputs
+from mlflow.tracking import MlflowClient
 from services import BIN, README, Service, alive, commands, free_port, recipe, service_env, stop_group
+
+from pipeline import finetune, jobs, parallel, paths
+from pipeline.caching import finetune_key, fingerprint
+from pipeline.params import load_params, phase_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def finetune_work_dir(plan, params, root: Path) -> Path:
-    from pipeline.caching import finetune_key, fingerprint
-    from pipeline.params import phase_config
-
     cfg, _ = phase_config(plan, params, "finetune", root=root)
     key = finetune_key(plan, params, cfg, [paths.pretrained(root, TASK, s) for s in range(SEEDS)], root)
     return paths.work_root(root, TASK) / f"finetune-{fingerprint({**key, 'torch_threads': 1})}"  # as pipeline/seeds.py
@@ -74,7 +77,6 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_results_and_no_duplicate_runs(
     assert f"{left} of {SEEDS} seeds to run ({SEEDS - left} done before)" in rerun.stdout
     assert results(root) == baseline["results"]  # bit for bit: every float in result.json and curve.csv
 
-    from mlflow.tracking import MlflowClient
 
     params, _ = load_params(root / "params.yaml")
     client = MlflowClient(uri)
@@ -121,7 +123,9 @@ def run_recipe_stage(root: Path, name: str, replace: dict[str, str], env: dict[s
             if kind == "export":
                 env[what[0]] = what[1]
             elif bg:  # a scheduler or worker: up before the next line runs
-                service = Service(what, log=root.parent / f"{Path(what[0]).name}-{len(services)}.log", env=env, cwd=root)
+                service = Service(
+                    what, log=root.parent / f"{Path(what[0]).name}-{len(services)}.log", env=env, cwd=root
+                )
                 services.append(service)
                 if "scheduler" in what:
                     service.wait_port(int(replace["8786"]))
@@ -138,13 +142,14 @@ def run_recipe_stage(root: Path, name: str, replace: dict[str, str], env: dict[s
 
 def stage_ran_on_workers(root: Path, parallel_block: dict, backend: str) -> dict:
     """The MLflow parent run of the finetune stage (tagged with the backend it ran on)."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=100)
     parent = [r for r in runs if "seed" not in r.data.tags]
     assert len(parent) == 1 and parent[0].data.tags["backend"] == backend
-    assert parent[0].data.tags["workers"] == str(parallel_block["n_jobs"]) and parent[0].data.tags["threads_per_worker"] == "1"
+    assert (
+        parent[0].data.tags["workers"] == str(parallel_block["n_jobs"])
+        and parent[0].data.tags["threads_per_worker"] == "1"
+    )
     assert sorted(int(r.data.tags["seed"]) for r in runs if "seed" in r.data.tags) == list(range(SEEDS))
     assert all(r.info.status == "FINISHED" for r in runs)
     return parent[0]
@@ -232,10 +237,6 @@ def test_loky_workers_limit_torch_threads_to_the_cores(baseline):
 def test_each_seed_sharing_the_machine_gives_the_numbers_it_gives_alone(pretrained, baseline, tmp_path):
     """The baseline ran 4 seeds on 2 loky workers (two at once, two one after the other in each
     process); seed 3 run alone here, in this process, gives the same numbers, bit for bit."""
-    import torch
-
-    from pipeline.params import phase_config
-
     root = stage_inputs(tmp_path / "alone", pretrained)
     params, plans = load_params(root / "params.yaml")
     plan = plans[TASK]

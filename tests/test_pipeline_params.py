@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from odt.config import ConfigError
 from odt import comparison
+from odt.comparison import baseline_tasks, sac_task
+from odt.config import ConfigError
+from odt.datasets.hdf5 import load_d4rl_hdf5
+from odt.replay import TrajectoryReplayBuffer
+from odt.trainer import ODTTrainer
 from pipeline import parallel, report
 from pipeline.params import UNTUNED, load_params, parse_params, phase_config, plan_task, read_tuned, tuned_path
-from pipeline.profile import profiles, render
+from pipeline.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +47,11 @@ def test_paper_profile_has_the_papers_hyperparameters():
     assert (hm.pretrain.eval_context_len, hm.finetune.eval_context_len) == (20, 5)  # Table C.2 vs C.4
     assert (hmr.finetune.learning_rate, hmr.finetune.weight_decay) == (0.002, 0.0001)
     walker = plans["walker2d-medium-v2"]
-    assert (walker.pretrain.pretrain_updates, walker.pretrain.eval_context_len, walker.finetune.g_online) == (10_000, 1, 10_000)
+    assert (walker.pretrain.pretrain_updates, walker.pretrain.eval_context_len, walker.finetune.g_online) == (
+        10_000,
+        1,
+        10_000,
+    )
     assert plans["ant-medium-v2"].finetune.eval_context_len == 1
     diverse = plans["antmaze-umaze-diverse-v2"]
     assert diverse.model.embed_dim == 1024 and diverse.model.use_positional_embedding
@@ -78,8 +86,22 @@ def test_a_bad_value_is_one_line_naming_the_key(tmp_path):
     raw["tasks"]["hopper-medium-v2"]["finetune"]["updates_per_round"] = 5
     raw["tasks"]["hopper-medium-v2"]["pretrain"]["learning_rte"] = 1e-3
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--task", "hopper-medium-v2", "--params", str(path),
-                           "--root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.pretrain",
+            "--task",
+            "hopper-medium-v2",
+            "--params",
+            str(path),
+            "--root",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: ") and "unknown field 'learning_rte'" in proc.stderr
@@ -94,7 +116,9 @@ def test_a_bad_value_is_one_line_naming_the_key(tmp_path):
 def test_use_tuned_reads_the_tuning_result(tmp_path):
     raw = resolved("tiny", use_tuned=True)
     task = "hopper-medium-v2"
-    assert raw["tasks"][task]["tuned"]["finetune"] == tuned_path(task, "finetune") == f"reports/tune/{task}-finetune.json"
+    assert (
+        raw["tasks"][task]["tuned"]["finetune"] == tuned_path(task, "finetune") == f"reports/tune/{task}-finetune.json"
+    )
     params = parse_params(raw)
     plan = plan_task(params, task)
     with pytest.raises(ConfigError, match="does not exist"):
@@ -109,13 +133,20 @@ def test_use_tuned_reads_the_tuning_result(tmp_path):
 
     cfg, used = phase_config(plan, params, "pretrain", root=tmp_path)
     assert (cfg.learning_rate, cfg.weight_decay) == (0.0042, 0.00031)
-    assert used == {"learning_rate": 0.0042, "weight_decay": 0.00031, "source": f"tuned (reports/tune/{task}-pretrain.json)"}
+    assert used == {
+        "learning_rate": 0.0042,
+        "weight_decay": 0.00031,
+        "source": f"tuned (reports/tune/{task}-pretrain.json)",
+    }
     with pytest.raises(ConfigError, match="is for hopper-medium-v2 pretrain, expected hopper-medium-v2 finetune"):
         phase_config(plan, params, "finetune", root=tmp_path)
     # explicit overrides (an Optuna trial) win over the tuned file
     cfg, used = phase_config(plan, params, "pretrain", {"learning_rate": 0.01}, root=tmp_path)
     assert (cfg.learning_rate, cfg.weight_decay, used["source"]) == (0.01, 0.00031, "overrides")
-    assert read_tuned(tune / f"{task}-pretrain.json", task, "pretrain") == {"learning_rate": 0.0042, "weight_decay": 0.00031}
+    assert read_tuned(tune / f"{task}-pretrain.json", task, "pretrain") == {
+        "learning_rate": 0.0042,
+        "weight_decay": 0.00031,
+    }
 
 
 def test_use_tuned_reaches_the_optimizer(tmp_path, hopper_random_hdf5):
@@ -126,9 +157,6 @@ def test_use_tuned_reaches_the_optimizer(tmp_path, hopper_random_hdf5):
     (tmp_path / "reports" / "tune" / f"{task}-pretrain.json").write_text(json.dumps({
         "task": task, "phase": "pretrain", "best_params": {"learning_rate": 0.0042, "weight_decay": 0.00031},
         "best_value": 1.0, "n_trials": 2}))
-    from odt.datasets.hdf5 import load_d4rl_hdf5
-    from odt.replay import TrajectoryReplayBuffer
-    from odt.trainer import ODTTrainer
 
     plan = plan_task(params, task)
     cfg, _ = phase_config(plan, params, "pretrain", root=tmp_path)
@@ -140,14 +168,29 @@ def test_use_tuned_reaches_the_optimizer(tmp_path, hopper_random_hdf5):
 
 def test_the_table_states_every_column_the_papers_value_and_the_pattern():
     params = parse_params(resolved("tiny"))
-    row = dict(task="hopper-medium-v2", seeds=10, online_samples=150, pretrain_best_mean=2.5, sac_from="hopper-medium-v2",
-               pretrain_lr=0.0042, pretrain_wd=0.00031, pretrain_hparams="tuned (reports/tune/hopper-medium-v2-pretrain.json)",
-               finetune_lr=0.001, finetune_wd=0.0001, finetune_hparams="params")
+    row = dict(
+        task="hopper-medium-v2",
+        seeds=10,
+        online_samples=150,
+        pretrain_best_mean=2.5,
+        sac_from="hopper-medium-v2",
+        pretrain_lr=0.0042,
+        pretrain_wd=0.00031,
+        pretrain_hparams="tuned (reports/tune/hopper-medium-v2-pretrain.json)",
+        finetune_lr=0.001,
+        finetune_wd=0.0001,
+        finetune_hparams="params",
+    )
     ours = {"dt": (1.5, 0.1), "odt_offline": (2.0, 0.1), "odt_online": (3.0, 0.2), "iql_offline": (2.2, 0.3),
             "iql_online": (2.4, 0.3), "sac_online": (3.5, 1.0)}
     paper = comparison.load_paper()["hopper-medium"]
     for col, (mean, std) in ours.items():
-        row |= {f"{col}_mean": mean, f"{col}_std": std, f"paper_{col}": paper[col], f"paper_{col}_std": paper[f"{col}_std"]}
+        row |= {
+            f"{col}_mean": mean,
+            f"{col}_std": std,
+            f"paper_{col}": paper[col],
+            f"paper_{col}_std": paper[f"{col}_std"],
+        }
     row |= {"odt_delta_mean": 1.0, "iql_delta_mean": 0.2, "paper_odt_delta": 30.59, "paper_iql_delta": 2.98}
     md = comparison.markdown([row], setting=f"Profile `{params.profile}`", seeds=params.seeds,
                              notes=report.notes(params.profile))
@@ -156,15 +199,17 @@ def test_the_table_states_every_column_the_papers_value_and_the_pattern():
     assert ("| hopper-medium-v2 | 150 | 1.5 ± 0.1 (61.0 ± 5.1) | 2.0 ± 0.1 (67.0 ± 3.3) | 3.0 ± 0.2 (97.5 ± 2.1) "
             "| 1.0 (30.6) | 2.2 ± 0.3 (63.8 ± 9.2) | 2.4 ± 0.3 (66.8 ± 4.1) | 0.2 (3.0) | 3.5 ± 1.0 (66.8 ± 27.1) "
             "| δ ODT > δ IQL; ODT not above SAC |") in md
-    assert "| hopper-medium-v2 | 0.0042 | 0.00031 | tuned (reports/tune/hopper-medium-v2-pretrain.json) | 0.001 | 0.0001 | params |" in md
+    assert (
+        "| hopper-medium-v2 | 0.0042 | 0.00031 | tuned (reports/tune/hopper-medium-v2-pretrain.json) "
+        "| 0.001 | 0.0001 | params |"
+        in md
+    )
     assert "| hopper-medium-v2 | 2.00 | 2.50 |" in md  # the final pretrained score beside the best on the way
     assert comparison.paper_name("hopper-medium-replay-v2") == "hopper-medium-replay"
     assert comparison.load_paper()["hopper-medium"]["odt_online"] == 97.54 and len(comparison.load_paper()) == 10
 
 
 def test_sac_runs_once_per_environment_and_every_shipped_profile_runs_every_baseline():
-    from odt.comparison import baseline_tasks, sac_task
-
     tasks = ["hopper-medium-replay-v2", "hopper-medium-v2", "walker2d-medium-replay-v2", "antmaze-umaze-v2"]
     assert baseline_tasks("sac", tasks) == ["hopper-medium-v2", "walker2d-medium-replay-v2"]  # medium first; no AntMaze
     assert baseline_tasks("iql", tasks) == tasks
@@ -183,16 +228,41 @@ def test_the_paper_profile_has_the_baselines_published_settings():
     plans = {t: plan_task(params, t) for t in params.tasks}
     hm = plans["hopper-medium-v2"]
     m, d = hm.dt_model, hm.dt
-    assert (m.context_len, m.embed_dim, m.n_layer, m.n_head, m.dropout, m.use_positional_embedding) == (20, 128, 3, 1, 0.1, True)
+    assert (m.context_len, m.embed_dim, m.n_layer, m.n_head, m.dropout, m.use_positional_embedding) == (
+        20,
+        128,
+        3,
+        1,
+        0.1,
+        True,
+    )
     assert (d.optimizer, d.learning_rate, d.weight_decay, d.warmup_steps, d.batch_size, d.pretrain_updates) == (
         "adamw", 1e-4, 1e-4, 10_000, 64, 100_000)
     i = hm.iql
-    assert (i.expectile, i.temperature, i.discount, i.tau, i.offline_updates, i.hidden_dim) == (0.7, 3.0, 0.99, 0.005, 1_000_000, 256)
+    assert (i.expectile, i.temperature, i.discount, i.tau, i.offline_updates, i.hidden_dim) == (
+        0.7,
+        3.0,
+        0.99,
+        0.005,
+        1_000_000,
+        256,
+    )
     assert (plans["antmaze-umaze-v2"].iql.expectile, plans["antmaze-umaze-v2"].iql.temperature) == (0.9, 10.0)
     assert plans["antmaze-umaze-v2"].iql.buffer_size == 2_000_000
     s = hm.sac
-    assert (s.hidden_dim, s.learning_rate, s.batch_size, s.random_steps, s.online_samples) == (256, 3e-4, 256, 10_000, 200_000)
-    assert params.baselines["sac"] == ["hopper-medium-v2", "walker2d-medium-v2", "halfcheetah-medium-v2", "ant-medium-v2"]
+    assert (s.hidden_dim, s.learning_rate, s.batch_size, s.random_steps, s.online_samples) == (
+        256,
+        3e-4,
+        256,
+        10_000,
+        200_000,
+    )
+    assert params.baselines["sac"] == [
+        "hopper-medium-v2",
+        "walker2d-medium-v2",
+        "halfcheetah-medium-v2",
+        "ant-medium-v2",
+    ]
     assert plans["walker2d-medium-v2"].dt.g_eval == 5000 and plans["antmaze-umaze-v2"].dt_model.max_ep_len == 700
 
 
@@ -228,7 +298,9 @@ def test_a_profile_extending_an_unknown_or_itself_is_one_line(tmp_path):
     (tmp_path / "profiles" / "a.yaml").write_text("extends: nope\ntasks: [hopper-medium-v2]\n")
     (tmp_path / "profiles" / "b.yaml").write_text("extends: c\n")
     (tmp_path / "profiles" / "c.yaml").write_text("extends: b\n")
-    with pytest.raises(ConfigError, match=r"^profiles/a.yaml: extends: unknown profile 'nope' \(choose from: a, b, c\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^profiles/a.yaml: extends: unknown profile 'nope' \(choose from: a, b, c\)$"
+    ):
         render("a", root=tmp_path)
     with pytest.raises(ConfigError, match="a cycle"):
         render("b", root=tmp_path)

@@ -10,19 +10,20 @@ from pathlib import Path
 import gymnasium as gym
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from odt.checkpoint import save_checkpoint
 from odt.datasets import generate, rollout
-from odt.datasets.behaviour import BehaviourActor, export, load_actor, read_manifest, train
+from odt.datasets.behaviour import BehaviourActor, export, load_actor, read_manifest, replay_episodes, train
 from odt.datasets.download import sha256_file
 from odt.datasets.generate import GenerateError, generate_task
 from odt.datasets.hdf5 import ends_with_tail, load_d4rl_hdf5, read_metadata
 from odt.datasets.rollout import from_policies, quotas
 from odt.envs import make_env
-from odt.tasks import get_task
-from pipeline import fetch
+from odt.tasks import get_task, normalized_score
+from pipeline import dataset_report, fetch
 
 # hopper, SB3's default actor (256x256): snapshots at 100/200/300 steps, seconds to train
 RUN = {"seed": 1, "max_steps": 300, "snapshot_every": 100, "checkpoint_every": 300, "eval_episodes": 1}
@@ -106,7 +107,9 @@ def test_another_seed_other_data(package, tmp_path):
 def test_medium_replay_rolls_out_every_snapshot_in_its_share(marked, tmp_path):
     manifest = read_manifest(marked)
     for n, want in ((None, [100, 300, 200]), (1200, [200, 600, 400]), (1000, [167, 500, 333])):
-        path, info = from_policies("hopper-medium-replay-v2", tmp_path / str(n), seed=0, transitions=n, package_dir=marked)
+        path, info = from_policies(
+            "hopper-medium-replay-v2", tmp_path / str(n), seed=0, transitions=n, package_dir=marked
+        )
         trajs = load_d4rl_hdf5(path, "hopper-medium-replay-v2")
         parts = info["snapshots"]
         assert [p["step"] for p in parts] == [100, 200, 300]
@@ -200,7 +203,11 @@ def test_fetch_writes_the_rollout_with_the_manifest_provenance_the_same_bytes_tw
         assert all(t.terminals[-1] for t in trajs[:-1])  # the tiny policy falls: episodes end in a terminal
         assert all(not t.terminals[:-1].any() for t in trajs)
     a, b = metas
-    assert a["sha256"] == b["sha256"] == hashlib.sha256(_bytes(tmp_path / "a" / "hopper-medium-v2" / "hopper-medium-v2.hdf5")).hexdigest()
+    assert (
+        a["sha256"]
+        == b["sha256"]
+        == hashlib.sha256(_bytes(tmp_path / "a" / "hopper-medium-v2" / "hopper-medium-v2.hdf5")).hexdigest()
+    )
     origin = a["origin"]
     assert "behaviour policies" in a["note"] and "not D4RL data" in a["note"]
     assert (origin["env"], origin["gym_id"], origin["env_version"]) == ("hopper", "Hopper-v5", "v5")
@@ -278,15 +285,17 @@ def test_policies_flag_errors_are_one_line(package, tmp_path, capsys):
 
 
 def test_dataset_report_puts_a_runs_real_buffer_beside_the_rebuilt_one(package, tmp_path, monkeypatch, capsys):
-    import pandas as pd
-
-    from odt.datasets.behaviour import replay_episodes
-    from odt.tasks import normalized_score
-    from pipeline import dataset_report
-
     monkeypatch.setattr(rollout, "POLICIES", package.parent)
     run, out = package.parent.parent / "run", tmp_path / "reports"
-    args = ["--tasks", "hopper-medium-replay-v2", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    args = [
+        "--tasks",
+        "hopper-medium-replay-v2",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert dataset_report.main([*args, "--replay-run", str(run)]) == 0
     table = pd.read_csv(out / "datasets" / "summary.csv")
     assert table["task"].tolist() == ["hopper-medium-replay-v2"] and table["transitions"].item() == RUN["max_steps"]
@@ -294,8 +303,9 @@ def test_dataset_report_puts_a_runs_real_buffer_beside_the_rebuilt_one(package, 
     real, rebuilt = replay[replay["source"] == "real buffer"], replay[replay["source"] == "rebuilt"]
     episodes = replay_episodes(run)
     assert len(real) == len(episodes["returns"]) > 0 and real["length"].sum() <= RUN["max_steps"]
-    np.testing.assert_allclose(real["normalized_return"], normalized_score("hopper-medium-replay-v2", episodes["returns"]),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        real["normalized_return"], normalized_score("hopper-medium-replay-v2", episodes["returns"]), atol=1e-3
+    )
     assert rebuilt["length"].sum() == RUN["max_steps"] and rebuilt["step"].between(0, RUN["max_steps"]).all()
     for png in ("returns.png", "replay-hopper.png"):
         assert (out / "datasets" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -308,5 +318,7 @@ def test_dataset_report_puts_a_runs_real_buffer_beside_the_rebuilt_one(package, 
     capsys.readouterr()
     assert dataset_report.main([*args, "--replay-run", str(run)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "is not the run the shipped hopper policies came from" in err
+    assert (
+        err.startswith("error: ") and "\n" not in err and "is not the run the shipped hopper policies came from" in err
+    )
     assert (out / "datasets.md").read_bytes() == before

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from odt import load_policy
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -22,7 +24,6 @@ def test_readme_library_example_runs_as_pasted(tmp_path, monkeypatch):
     assert ns["logger"].rows and ns["logger"].reports
     for name in ("pretrain.pt", "finetune.pt", "hopper-policy.pt"):  # the example's checkpoints and policy
         assert (tmp_path / name).is_file()
-    from odt import load_policy
 
     model, info = load_policy(tmp_path / "hopper-policy.pt")
     assert info["task"] == "hopper-medium-v2" and info["evaluation"]["g_eval"] == 200

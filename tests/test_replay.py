@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 from scipy import stats
-
 from synthetic import labelled_trajectories
+
 from odt.data import Trajectory, returns_to_go
 from odt.replay import TrajectoryReplayBuffer
 

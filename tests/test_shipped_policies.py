@@ -3,7 +3,6 @@ each medium policy still returning what its manifest measured when it was traine
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

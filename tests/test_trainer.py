@@ -1,16 +1,15 @@
 import pickle
 import re
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from synthetic import policy_dataset
+
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import ConfigError, FinetuneConfig, ModelConfig, OptimConfig, PretrainConfig, validate
-from odt.replay import TrajectoryReplayBuffer
 from odt.divergence import Diverged
+from odt.replay import TrajectoryReplayBuffer
 from odt.trainer import ODTTrainer
 from odt.update_graph import to_device
 
@@ -166,12 +165,19 @@ def test_warmup_position_carries_over_to_the_next_phase(tmp_path):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 5 / 10)
 
 
-@pytest.mark.parametrize("cls, bad, field", [
-    (OptimConfig, {"learning_rate": -1.0}, "learning_rate"),
-    (PretrainConfig, {"batch_size": 0}, "batch_size"),
-    (FinetuneConfig, {"lr": 1e-3}, "lr"),
-    (PretrainConfig, {"log_every": 10, "checkpoint_every": 15}, "checkpoint_every (15) must be a multiple of log_every (10)"),
-])
+@pytest.mark.parametrize(
+    "cls, bad, field",
+    [
+        (OptimConfig, {"learning_rate": -1.0}, "learning_rate"),
+        (PretrainConfig, {"batch_size": 0}, "batch_size"),
+        (FinetuneConfig, {"lr": 1e-3}, "lr"),
+        (
+            PretrainConfig,
+            {"log_every": 10, "checkpoint_every": 15},
+            "checkpoint_every (15) must be a multiple of log_every (10)",
+        ),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_field(cls, bad, field):
     with pytest.raises(ConfigError) as err:
         validate(cls, bad, "train config")
@@ -230,7 +236,10 @@ def test_nan_weights_stop_training_at_the_first_update_after_them(each_update):
     poisoned = params_of(trainer)
     with pytest.raises(Diverged) as err:
         trainer.train_updates(5)
-    assert str(err.value) == "seed 0 diverged at update 4: the loss is nan (grad norm nan); lower the learning rate (0.003)"
+    assert (
+        str(err.value)
+        == "seed 0 diverged at update 4: the loss is nan (grad norm nan); lower the learning rate (0.003)"
+    )
     assert (err.value.step, err.value.quantity) == (4, "loss")
     if each_update:  # stopped before the optimiser step: the weights are as they were
         assert trainer.num_updates == 3

@@ -9,12 +9,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from pipeline import paths, pretrain, seeds, tune
-from pipeline.study import open_storage
-from pipeline.params import parse_params, plan_task
-from pipeline.params import TunedResult, tuned_path
+from pipeline.params import TunedResult, parse_params, plan_task, tuned_path
 from pipeline.profile import render
+from pipeline.study import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "hopper-medium-v2"
@@ -41,9 +43,6 @@ def load(path: Path):
 
 
 def journal(root: Path, name: str, file: str = "optuna.log") -> optuna.Study:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(root / file))))
 
 
@@ -90,7 +89,6 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
         assert (root / png).read_bytes()[:8] == PNG and (root / png).stat().st_size > 5000
     assert not (root / ".cache").exists()  # a trial never resumes: it keeps no state on disk
 
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name(f"odt/{TASK}")
@@ -98,7 +96,9 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert parent[0].data.metrics["best_value"] == pytest.approx(out["best_value"])
-    children = {int(r.data.params["trial"]): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    children = {
+        int(r.data.params["trial"]): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id
+    }
     assert sorted(children) == [0, 1, 2, 3, 4]
     for t in study.trials:
         run = children[t.number]
@@ -140,7 +140,8 @@ def test_a_diverging_learning_rate_is_pruned(tmp_path, hopper_random_hdf5):
 def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_random_hdf5):
     """Finetune phase, sqlite storage: two processes at once, then a third run continuing the study."""
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, startup_trials=10))
-    seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path), track=False)  # trials start from seed 0
+    # trials start from seed 0
+    seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path), track=False)
     url = f"sqlite:///{tmp_path}/studies.db"
     workers = [run_cli("--phase", "finetune", "--storage", url, "--n-trials", "2", root=tmp_path, wait=False)
                for _ in range(2)]
@@ -154,7 +155,8 @@ def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_ra
     assert {t.user_attrs["odt.worker"]["pid"] for t in study.trials} == {w.pid for w in workers}
     assert all(sorted(t.intermediate_values) == list(range(len(t.intermediate_values))) for t in study.trials)
 
-    tune.run(plan, params, "finetune", root=tmp_path, options=tune.Options(n_trials=1, storage=url), track=False)  # rerun
+    # rerun
+    tune.run(plan, params, "finetune", root=tmp_path, options=tune.Options(n_trials=1, storage=url), track=False)
     study = optuna.load_study(study_name=f"{TASK}-finetune", storage=url)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3, 4]
     out = json.loads((tmp_path / tuned_path(TASK, "finetune")).read_text())

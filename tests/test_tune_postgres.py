@@ -19,10 +19,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
-from pipeline.profile import render
-from pipeline.params import TunedResult, tuned_path
+from mlflow.tracking import MlflowClient
 from services import ROOT, alive, commands, expand, free_port, recipe, service_env, stop_group
+
+from pipeline.params import TunedResult, tuned_path
+from pipeline.profile import render
 
 TASK = "hopper-medium-v2"
 SERVER_TOOLS = {"initdb", "pg_ctl"}  # run as an unprivileged user; createdb and the workers are clients
@@ -70,7 +71,9 @@ def wait_for(what: str, check, timeout: float, procs=()) -> None:
         if check():
             return
         for p in procs:
-            assert p.poll() is None, f"worker {p.pid} exited {p.returncode} while waiting for {what}:\n{p.stderr.read()}"
+            assert p.poll() is None, (
+                f"worker {p.pid} exited {p.returncode} while waiting for {what}:\n{p.stderr.read()}"
+            )
         time.sleep(0.3)
     raise AssertionError(f"no {what} after {timeout} s")
 
@@ -83,7 +86,9 @@ def test_two_workers_on_postgresql_a_killed_worker_and_a_rerun(tmp_path, pg_dir,
     write_params(root, "params.yaml")
     port = free_port()
     pgdata = pg_dir / "pgdata"
-    steps = commands(recipe("postgres"), {"5432": str(port), "optuna-pg": str(pgdata), ".venv/bin/python": sys.executable})
+    steps = commands(
+        recipe("postgres"), {"5432": str(port), "optuna-pg": str(pgdata), ".venv/bin/python": sys.executable}
+    )
     env = service_env()
     workers: list[subprocess.Popen] = []
     server_group = None
@@ -138,7 +143,9 @@ def test_two_workers_on_postgresql_a_killed_worker_and_a_rerun(tmp_path, pg_dir,
         long = write_params(root, "params-long.yaml", pretrain_updates=100_000, eval_every=10_000)
         tune = [sys.executable, "-m", "pipeline.tune", "--task", TASK, "--phase", "pretrain", "--storage", url,
                 "--threads", "1", "--heartbeat", "1", "--grace", "4"]
-        popen = dict(cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        popen = dict(
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         doomed = subprocess.Popen([*tune, "--params", str(long), "--n-trials", "1"], **popen)
         workers.append(doomed)
         wait_for("running trial of the doomed worker", lambda: [t for t in trials_of(url, doomed.pid)
@@ -176,7 +183,6 @@ def test_two_workers_on_postgresql_a_killed_worker_and_a_rerun(tmp_path, pg_dir,
         assert out["n_trials"] == n and out["states"]["FAIL"] == 1
         assert (out["best_trial"], out["best_value"], out["best_params"]) == (best.number, best.value, best.params)
 
-        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{root}/mlflow.db")
         runs = client.search_runs([client.get_experiment_by_name(f"odt/{TASK}").experiment_id], max_results=200)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import pytorch_optimizer
 import torch
+from host_sync import assert_no_host_sync
+from synthetic import policy_dataset
 
 import odt.optim
 import odt.update_graph
-from synthetic import policy_dataset
-from host_sync import assert_no_host_sync
 from odt.config import FinetuneConfig, ModelConfig, OptimConfig
 from odt.divergence import Diverged
 from odt.replay import TrajectoryReplayBuffer
@@ -106,11 +106,13 @@ def test_capture_comes_after_the_warmup_once_per_shape_and_again_after_a_phase_c
     assert ReplayingGraph.captures == [] and not t.graphed
     t.train_updates(10)
     assert ReplayingGraph.captures == [(32, 5, 6 + 2 + 3)] and t.graphed
-    t.switch_phase(FinetuneConfig(batch_size=16, learning_rate=1e-3, warmup_steps=20))  # other values, other batch shape
+    # other values, other batch shape
+    t.switch_phase(FinetuneConfig(batch_size=16, learning_rate=1e-3, warmup_steps=20))
     assert not t.graphed
     t.train_updates(GRAPH_WARMUP + 2)
     assert ReplayingGraph.captures == [(32, 5, 11), (16, 5, 11)] and t.graphed
-    assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 19 / 20)  # the new rate, warmup position kept (18 updates)
+    # the new rate, warmup position kept (18 updates)
+    assert t.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 19 / 20)
 
 
 def test_replayed_updates_give_the_eager_numbers_and_fresh_metrics(monkeypatch):

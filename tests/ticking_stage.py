@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from pipeline import cli, seeds
+
 
 def tick(out: str, ticks: int, seed: int, seed_dir: Path, logger) -> dict:
     seed_dir.mkdir(parents=True, exist_ok=True)
@@ -28,8 +30,6 @@ def tick(out: str, ticks: int, seed: int, seed_dir: Path, logger) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from pipeline import cli, seeds
-
     go = os.environ.get("GO")  # imported, then wait for this file: a test starts the stage at a moment of its choosing
     while go and not Path(go).exists():
         time.sleep(0.01)

@@ -21,8 +21,9 @@ import copy
 import functools
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,18 @@ from odt.data import Trajectory
 from odt.divergence import Diverged
 from odt.envs import check_dims, vector_env
 from odt.logger import Logger, NullLogger
-from odt.runs import Average, Data, EnvFn, Run, evaluate_policy, headline, names_divergence, resolve_device, resume, \
-    trajectories
+from odt.runs import (
+    Average,
+    Data,
+    EnvFn,
+    Run,
+    evaluate_policy,
+    headline,
+    names_divergence,
+    resolve_device,
+    resume,
+    trajectories,
+)
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 

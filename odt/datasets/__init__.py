@@ -3,8 +3,10 @@
     load_d4rl_hdf5(path, task)       read a D4RL-layout file (every source ends as one)
     fetch_d4rl(url, cache_dir)       download a D4RL file into a cache (resumable, verified)
     load_minari(id_or_spec, task)    read a Minari dataset
-    generate_task(task, seed=...)    medium / medium-replay data: the shipped behaviour policies rolled out, or one SAC run
-    from_policies(task, out_dir, seed=...)  medium / medium-replay rolled out from behaviour policies (odt/policies/<env>)
+    generate_task(task, seed=...)    medium / medium-replay data: the shipped behaviour policies rolled out,
+                                     or one SAC run
+    from_policies(task, out_dir, seed=...)  medium / medium-replay rolled out from behaviour policies
+                                            (odt/policies/<env>)
     load_actor(package_dir, "medium")  a shipped behaviour policy (odt/policies/<env>/), checked against its manifest
 
 Imported on first use, like `odt`'s names: `odt.datasets.download` alone needs no torch.

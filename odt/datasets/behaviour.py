@@ -44,14 +44,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from odt.atomic import atomic_dir, write_json
+from odt.atomic import WriteError, atomic_dir, write_json
 from odt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from odt.datasets.download import sha256_file
 from odt.datasets.generate import DEFAULT_TRAIN_STEPS, GenerateError, default_target_return, make_sac
+from odt.envs import gym_id, make_vector_env
+from odt.evaluation import eval_seeds, run_episodes, score
+from odt.lock import LockBusy, file_lock
 from odt.losses import TanhNormal
 from odt.tasks import TaskSpec, get_task
 
@@ -130,14 +135,11 @@ def train(env_name: str, out_dir: str | os.PathLike, *, seed: int = 0, target_re
           checkpoint_every: int = CHECKPOINT_EVERY, eval_episodes: int = EVAL_EPISODES, env_version: str = "v5",
           progress: bool = False) -> dict[str, Any]:
     """Train (or resume, or return at once when finished) the behaviour SAC of `env_name`; returns its progress."""
-    from odt.lock import LockBusy, file_lock  # noqa: PLC0415
-
     spec = task_spec(env_name)
     target_return = default_target_return(spec) if target_return is None else float(target_return)
     if max_steps < 2 or snapshot_every < 1 or checkpoint_every < 1 or eval_episodes < 1:
         raise GenerateError(f"max_steps must be >= 2 and snapshot_every, checkpoint_every, eval_episodes >= 1, got "
                             f"{max_steps}, {snapshot_every}, {checkpoint_every}, {eval_episodes}")
-    from odt.envs import gym_id  # noqa: PLC0415
 
     run = {"env": env_name, "env_version": env_version, "gym_id": gym_id(spec, env_version), "seed": int(seed),
            "max_steps": int(max_steps), "target_return": float(target_return), "snapshot_every": int(snapshot_every),
@@ -146,7 +148,8 @@ def train(env_name: str, out_dir: str | os.PathLike, *, seed: int = 0, target_re
     try:
         with file_lock(out / "train.lock", wait=False):
             threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # as generate.py: SAC's small networks gain nothing from more, and it is deterministic
+            # as generate.py: SAC's small networks gain nothing from more, and it is deterministic
+            torch.set_num_threads(1)
             try:
                 return _train(spec, out, run, checkpoint_every=int(checkpoint_every), progress=progress)
             finally:
@@ -156,55 +159,88 @@ def train(env_name: str, out_dir: str | os.PathLike, *, seed: int = 0, target_re
 
 
 def _train(spec: TaskSpec, out: Path, run: dict[str, Any], *, checkpoint_every: int, progress: bool) -> dict[str, Any]:
-    from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    from odt.envs import make_vector_env  # noqa: PLC0415
-    from odt.evaluation import eval_seeds, run_episodes, score  # noqa: PLC0415
-
     state = _load_state(out, run)
     if state is not None and state["progress"]["done"]:
         return state["progress"]
-    seed, max_steps, every = run["seed"], run["max_steps"], run["snapshot_every"]
-    model = make_sac(spec, seed=seed, train_steps=max_steps, env_version=run["env_version"])
+    model = make_sac(spec, seed=run["seed"], train_steps=run["max_steps"], env_version=run["env_version"])
     prog = _restore(model, out, state) if state is not None else {
         "format": FORMAT, "run": run, "steps": 0, "done": False, "reached_target": False, "snapshots": [],
         "chunks": [], "wall_time": 0.0, "resumed": 0}
-    start = time.perf_counter() - prog["wall_time"]
-    eval_envs = make_vector_env(spec, run["eval_episodes"], run["env_version"])
-    bar = tqdm(total=max_steps, initial=prog["steps"], desc=f"SAC {run['env']}", unit="step", disable=not progress,
-               mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
+    sac = _Run(spec, out, run, model, prog, progress)
+    try:
+        remaining = run["max_steps"] - model.num_timesteps
+        if remaining > 0:
+            model.learn(total_timesteps=remaining, callback=_callback(sac, checkpoint_every),
+                        reset_num_timesteps=state is None)
+        if not prog["done"]:  # the budget is spent: the last step's update came after the last callback
+            step = min(model.num_timesteps, run["max_steps"])
+            if step > _last_snapshot(prog):
+                sac.snapshot(step)
+            prog["done"] = True
+            sac.checkpoint(step)
+    finally:
+        sac.close()
+    return prog
 
-    def snapshot(step: int) -> None:
+
+class _Run:
+    """A SAC training run between two of its steps: its model, its progress record (`prog`, progress.json), the
+    environments that score its snapshots and its progress bar."""
+
+    def __init__(self, spec: TaskSpec, out: Path, run: dict[str, Any], model, prog: dict[str, Any], progress: bool):
+        self.spec, self.out, self.run, self.model, self.prog = spec, out, run, model, prog
+        self.start = time.perf_counter() - prog["wall_time"]
+        self.eval_envs = make_vector_env(spec, self.run["eval_episodes"], self.run["env_version"])
+        self.bar = tqdm(total=self.run["max_steps"], initial=prog["steps"], desc=f"SAC {self.run['env']}", unit="step",
+                        disable=not progress, mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
+
+    def snapshot(self, step: int) -> None:
         """Save the actor at `step`, score the stochastic policy, record its share of the buffer."""
+        model, prog, run, seed = self.model, self.prog, self.run, self.run["seed"]
         index = len(prog["snapshots"])
-        path = out / "snapshots" / snapshot_name(step)
+        path = self.out / "snapshots" / snapshot_name(step)
         save_checkpoint(path, {k: v.detach().clone() for k, v in model.actor.state_dict().items()})
         with torch.random.fork_rng(devices=[]):  # the score never touches the training RNG
             torch.manual_seed(seed * 1_000_003 + step)
-            result = score(run_episodes(lambda o: model.predict(o, deterministic=False)[0], eval_envs,
-                                        eval_seeds(seed, index, run["eval_episodes"])), spec.name)
+            result = score(run_episodes(lambda o: model.predict(o, deterministic=False)[0], self.eval_envs,
+                                        eval_seeds(seed, index, run["eval_episodes"])), self.spec.name)
         previous = prog["snapshots"][-1]["step"] if prog["snapshots"] else 0
         prog["snapshots"].append({"step": step, "file": f"snapshots/{path.name}", "transitions": step - previous,
                                   "updates": int(model._n_updates), **result})
-        bar.set_postfix_str(f"return {result['eval_return']:.0f} (target {run['target_return']:.0f})", refresh=False)
+        self.bar.set_postfix_str(f"return {result['eval_return']:.0f} (target {run['target_return']:.0f})",
+                                 refresh=False)
         if result["eval_return"] >= run["target_return"]:
             prog["reached_target"] = prog["done"] = True
 
-    def checkpoint(step: int) -> None:
-        _check_finite(model, step, prog)
+    def checkpoint(self, step: int) -> None:
+        """The buffer's new chunk, the checkpoint and progress.json at `step`, a consistent state to resume from."""
+        prog, out = self.prog, self.out
+        _check_finite(self.model, step, prog)
         first = prog["chunks"][-1][1] if prog["chunks"] else 0
         chunks = prog["chunks"] + ([[first, step]] if step > first else [])
         if step > first:
-            buf = model.replay_buffer
+            buf = self.model.replay_buffer
             save_checkpoint(out / "buffer" / _chunk_name(first, step),
                             {k: torch.from_numpy(np.ascontiguousarray(getattr(buf, k)[first:step, 0]))
                              for k in BUFFER_ARRAYS})
-        new = {**prog, "steps": step, "chunks": chunks, "wall_time": time.perf_counter() - start}
-        save_checkpoint(out / "checkpoint.pt", _state(model, new))
+        new = {**prog, "steps": step, "chunks": chunks, "wall_time": time.perf_counter() - self.start}
+        save_checkpoint(out / "checkpoint.pt", _state(self.model, new))
         prog.update(new)
         write_json(out / "progress.json", prog)
         _remove_unnamed_chunks(out, chunks)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.eval_envs.close()
+        self.model.env.close()
+
+
+def _callback(sac: _Run, checkpoint_every: int):
+    """SB3's callback for `sac`: a snapshot every `snapshot_every` steps, a checkpoint at the first episode end
+    `checkpoint_every` steps after the last, and a stop once a snapshot reaches the target."""
+    from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415 (optional: pyproject's pipeline extra)
+
+    every, prog = sac.run["snapshot_every"], sac.prog
 
     class Loop(BaseCallback):
         def __init__(self) -> None:
@@ -213,35 +249,21 @@ def _train(spec: TaskSpec, out: Path, run: dict[str, Any], *, checkpoint_every: 
 
         def _on_step(self) -> bool:
             self.ended = bool(self.locals["dones"][0])
-            bar.update(1)
+            sac.bar.update(1)
             return not prog["done"]  # reached the target: stop before storing this extra step
 
         def _on_rollout_start(self) -> None:
             """Between two steps: the last transition is stored and learned from, a consistent state."""
-            step = model.num_timesteps
+            step = sac.model.num_timesteps
             if step % every == 0 and step > _last_snapshot(prog):
-                snapshot(step)
+                sac.snapshot(step)
                 if prog["done"]:
-                    checkpoint(step)
+                    sac.checkpoint(step)
                     return
             if self.ended and step - prog["steps"] >= checkpoint_every:
-                checkpoint(step)
+                sac.checkpoint(step)
 
-    try:
-        remaining = max_steps - model.num_timesteps
-        if remaining > 0:
-            model.learn(total_timesteps=remaining, callback=Loop(), reset_num_timesteps=state is None)
-        if not prog["done"]:  # the budget is spent: the last step's update came after the last callback
-            step = min(model.num_timesteps, max_steps)
-            if step > _last_snapshot(prog):
-                snapshot(step)
-            prog["done"] = True
-            checkpoint(step)
-    finally:
-        bar.close()
-        eval_envs.close()
-        model.env.close()
-    return prog
+    return Loop()
 
 
 def _last_snapshot(prog: dict[str, Any]) -> int:
@@ -301,7 +323,11 @@ def _restore(model, out: Path, state: dict[str, Any]) -> dict[str, Any]:
     model.set_parameters(state["params"], exact_match=True)
     with torch.no_grad():
         model.log_ent_coef.copy_(state["log_ent_coef"])
-    model.num_timesteps, model._n_updates, model._episode_num = steps, int(state["n_updates"]), int(state["episode_num"])
+    model.num_timesteps, model._n_updates, model._episode_num = (
+        steps,
+        int(state["n_updates"]),
+        int(state["episode_num"]),
+    )
     buf = model.replay_buffer
     for start, end in prog["chunks"]:
         chunk = load_checkpoint(out / "buffer" / _chunk_name(start, end), how=f"delete {out} to start over")
@@ -347,7 +373,9 @@ def replay_episodes(out_dir: str | os.PathLike, until: int | None = None) -> dic
     out). What `medium-replay` rebuilt from the snapshots stands in for (odt.datasets.rollout)."""
     out = Path(out_dir)
     prog = read_progress(out) or {"chunks": []}
-    parts = [load_checkpoint(out / "buffer" / _chunk_name(a, b)) for a, b in prog["chunks"] if until is None or a < until]
+    parts = [
+        load_checkpoint(out / "buffer" / _chunk_name(a, b)) for a, b in prog["chunks"] if until is None or a < until
+    ]
     rewards = np.concatenate([p["rewards"].numpy() for p in parts]) if parts else np.zeros(0)
     dones = np.concatenate([p["dones"].numpy() for p in parts]) if parts else np.zeros(0)
     if until is not None:
@@ -385,14 +413,11 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
     `check_episodes` stochastic rollouts of both (the dynamics are chaotic: one episode's return moves with a
     rounding, so it is the distribution that must match, `same_returns`); the figures go into the manifest.
     """
-    import gymnasium  # noqa: PLC0415
-
-    from odt.envs import make_vector_env  # noqa: PLC0415
-    from odt.evaluation import eval_seeds, run_episodes  # noqa: PLC0415
-
     out, package = Path(out_dir), Path(package_dir)
     if check_episodes < 2:
-        raise GenerateError(f"check_episodes must be >= 2 to compare the float16 policy's returns, got {check_episodes}")
+        raise GenerateError(
+            f"check_episodes must be >= 2 to compare the float16 policy's returns, got {check_episodes}"
+        )
     prog = read_progress(out)
     if prog is None:
         raise GenerateError(f"{out} holds no training run (no checkpoint.pt); train one there first")
@@ -401,42 +426,17 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
                             f"reached its target; finish it with the train command first")
     run = prog["run"]
     spec = task_spec(run["env"])
-    snaps = prog["snapshots"]
-    if every is not None:
-        kept, pending = [], 0
-        for i, snap in enumerate(snaps):
-            pending += snap["transitions"]
-            if snap["step"] % every == 0 or i == len(snaps) - 1:
-                kept.append({**snap, "transitions": pending})
-                pending = 0
-        snaps = kept
+    snaps = _keep_every(prog["snapshots"], every)
     envs = make_vector_env(spec, check_episodes, run["env_version"])
-    low, high = envs.single_action_space.low, envs.single_action_space.high
+    bounds = envs.single_action_space.low, envs.single_action_space.high
     obs = torch.from_numpy(replay_observations(out, check_observations))
-    entries, worst = [], 0.0
     with atomic_dir(package) as tmp:
-        for snap in snaps:
-            source = out / snap["file"]
-            full = load_checkpoint(source, how="train the run again")
-            half = {k: v.to(torch.float16).contiguous() for k, v in full.items()}
-            name = snapshot_name(snap["step"])
-            save_checkpoint(tmp / name, half)
-            a32, a16 = _actor_from(full, low, high), _actor_from(half, low, high)
-            error = float((a32.act(obs, deterministic=True) - a16.act(obs, deterministic=True)).abs().max()) if len(obs) else 0.0
-            if not error <= FP16_ACTION_TOL:
-                raise GenerateError(f"{source} in float16 moves actions by {error:.2g} > {FP16_ACTION_TOL:g}; "
-                                    f"keep it in float32")
-            worst = max(worst, error)
-            entries.append({"file": name, "step": snap["step"], "transitions": snap["transitions"],
-                            "eval_return": snap["eval_return"], "eval_return_std": snap["eval_return_std"],
-                            "eval_length": snap["eval_length"], "eval_normalized": snap.get("eval_normalized"),
-                            "fp16_max_action_error": error, "bytes": (tmp / name).stat().st_size,
-                            "sha256": sha256_file(tmp / name)})
+        entries = [_half_precision(out / snap["file"], snap, tmp, obs, bounds) for snap in snaps]
         seeds = eval_seeds(run["seed"] + 1, 0, check_episodes)
         returns = {}
         for label, sd in (("float32", load_checkpoint(out / snaps[-1]["file"])),
                           ("float16", torch.load(tmp / entries[-1]["file"], weights_only=True))):
-            actor, noise = _actor_from(sd, low, high), torch.Generator().manual_seed(run["seed"] + 1)
+            actor, noise = _actor_from(sd, *bounds), torch.Generator().manual_seed(run["seed"] + 1)
             returns[label] = run_episodes(lambda o: actor.act(o, generator=noise).numpy(), envs, seeds).returns
         envs.close()
         check = same_returns(returns["float32"], returns["float16"])
@@ -444,33 +444,73 @@ def export(out_dir: str | os.PathLike, package_dir: str | os.PathLike, *, every:
             raise GenerateError(f"{out / snaps[-1]['file']} in float16 returns {check['float16_mean']:.0f} on average "
                                 f"where float32 returns {check['float32_mean']:.0f} over {check_episodes} episodes, "
                                 f"more than {FP16_RETURN_SE:g} standard errors apart; keep it in float32")
-        manifest = {
-            "format": FORMAT, "env": run["env"], "gym_id": run["gym_id"], "env_version": run["env_version"],
-            "make_env": "odt.envs.make_env(task, env_version)" + (" (Ant-v4, use_contact_forces=True)"
-                                                                  if run["env"] == "ant" else ""),
-            "versions": {"gymnasium": gymnasium.__version__, "mujoco": _version("mujoco"),
-                         "stable_baselines3": _version("stable_baselines3"), "torch": torch.__version__.split("+")[0]},
-            "algorithm": "stable-baselines3 SAC, its defaults (odt.datasets.generate.make_sac)",
-            "seed": run["seed"], "target_return": run["target_return"], "reached_target": prog["reached_target"],
-            "max_steps": run["max_steps"], "steps": prog["steps"], "snapshot_every": every or run["snapshot_every"],
-            "eval": "stochastic policy (odt.evaluation.eval_seeds(seed, snapshot index))",
-            "eval_episodes": run["eval_episodes"],
-            "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
-            "hidden": [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)],
-            "action_low": [float(x) for x in low], "action_high": [float(x) for x in high],
-            "dtype": "float16",
-            "transitions": "replay-buffer transitions collected since the snapshot before (this snapshot's share of "
-                           "medium-replay); they sum to the run's steps",
-            "medium": entries[-1]["file"],
-            "fp16_check": {"tolerance": FP16_ACTION_TOL, "max_action_error": worst,
-                           "observations": int(len(obs)), "episodes": check_episodes, "seeds": seeds,
-                           "policy": "stochastic, as the data is rolled out", **check,
-                           "medium_return_float32": [round(float(r), 2) for r in returns["float32"]],
-                           "medium_return_float16": [round(float(r), 2) for r in returns["float16"]]},
-            "snapshots": entries,
-        }
+        fp16_check = {"tolerance": FP16_ACTION_TOL,
+                      "max_action_error": max([0.0, *(e["fp16_max_action_error"] for e in entries)]),
+                      "observations": int(len(obs)), "episodes": check_episodes, "seeds": seeds,
+                      "policy": "stochastic, as the data is rolled out", **check,
+                      "medium_return_float32": [round(float(r), 2) for r in returns["float32"]],
+                      "medium_return_float16": [round(float(r), 2) for r in returns["float16"]]}
+        hidden = [m.out_features for m in actor.latent_pi if isinstance(m, nn.Linear)]
+        manifest = _manifest(prog, spec, every or run["snapshot_every"], hidden, bounds, fp16_check, entries)
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _keep_every(snaps: list[dict[str, Any]], every: int | None) -> list[dict[str, Any]]:
+    """The snapshots at multiples of `every` steps and the last; a dropped one's transitions go to the next kept."""
+    if every is None:
+        return snaps
+    kept, pending = [], 0
+    for i, snap in enumerate(snaps):
+        pending += snap["transitions"]
+        if snap["step"] % every == 0 or i == len(snaps) - 1:
+            kept.append({**snap, "transitions": pending})
+            pending = 0
+    return kept
+
+
+def _half_precision(source: Path, snap: dict[str, Any], tmp: Path, obs: torch.Tensor, bounds) -> dict[str, Any]:
+    """The snapshot's actor written in float16 into `tmp`, checked on `obs` against float32: its manifest entry."""
+    full = load_checkpoint(source, how="train the run again")
+    half = {k: v.to(torch.float16).contiguous() for k, v in full.items()}
+    name = snapshot_name(snap["step"])
+    save_checkpoint(tmp / name, half)
+    a32, a16 = _actor_from(full, *bounds), _actor_from(half, *bounds)
+    moved = (a32.act(obs, deterministic=True) - a16.act(obs, deterministic=True)).abs() if len(obs) else None
+    error = float(moved.max()) if moved is not None else 0.0
+    if not error <= FP16_ACTION_TOL:
+        raise GenerateError(f"{source} in float16 moves actions by {error:.2g} > {FP16_ACTION_TOL:g}; "
+                            "keep it in float32")
+    return {"file": name, "step": snap["step"], "transitions": snap["transitions"],
+            "eval_return": snap["eval_return"], "eval_return_std": snap["eval_return_std"],
+            "eval_length": snap["eval_length"], "eval_normalized": snap.get("eval_normalized"),
+            "fp16_max_action_error": error, "bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+
+
+def _manifest(prog: dict[str, Any], spec: TaskSpec, every: int, hidden: list[int], bounds,
+              fp16_check: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    run, (low, high) = prog["run"], bounds
+    return {
+        "format": FORMAT, "env": run["env"], "gym_id": run["gym_id"], "env_version": run["env_version"],
+        "make_env": "odt.envs.make_env(task, env_version)" + (" (Ant-v4, use_contact_forces=True)"
+                                                              if run["env"] == "ant" else ""),
+        "versions": {"gymnasium": gymnasium.__version__, "mujoco": _version("mujoco"),
+                     "stable_baselines3": _version("stable_baselines3"), "torch": torch.__version__.split("+")[0]},
+        "algorithm": "stable-baselines3 SAC, its defaults (odt.datasets.generate.make_sac)",
+        "seed": run["seed"], "target_return": run["target_return"], "reached_target": prog["reached_target"],
+        "max_steps": run["max_steps"], "steps": prog["steps"], "snapshot_every": every,
+        "eval": "stochastic policy (odt.evaluation.eval_seeds(seed, snapshot index))",
+        "eval_episodes": run["eval_episodes"],
+        "obs_dim": spec.obs_dim, "act_dim": spec.act_dim,
+        "hidden": hidden,
+        "action_low": [float(x) for x in low], "action_high": [float(x) for x in high],
+        "dtype": "float16",
+        "transitions": "replay-buffer transitions collected since the snapshot before (this snapshot's share of "
+                       "medium-replay); they sum to the run's steps",
+        "medium": entries[-1]["file"],
+        "fp16_check": fp16_check,
+        "snapshots": entries,
+    }
 
 
 def same_returns(a, b) -> dict[str, Any]:
@@ -497,7 +537,9 @@ def read_manifest(package_dir: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise GenerateError(f"{path} does not exist; export a trained run there first") from None
     except (OSError, ValueError) as err:
-        raise GenerateError(f"{path} cannot be read ({type(err).__name__}); restore it with `git checkout {path}`") from None
+        raise GenerateError(
+            f"{path} cannot be read ({type(err).__name__}); restore it with `git checkout {path}`"
+        ) from None
     if manifest.get("format") != FORMAT:
         raise GenerateError(f"{path} is not a behaviour-policy manifest; restore it with `git checkout {path}`")
     return manifest
@@ -506,7 +548,13 @@ def read_manifest(package_dir: str | os.PathLike) -> dict[str, Any]:
 def load_actor(package_dir: str | os.PathLike, snapshot: str | int = "medium") -> BehaviourActor:
     """The actor of a snapshot (`"medium"`, a training step, or a file name) after checking its sha256."""
     manifest = read_manifest(package_dir)
-    name = manifest["medium"] if snapshot == "medium" else snapshot_name(snapshot) if isinstance(snapshot, int) else snapshot
+    name = (
+        manifest["medium"]
+        if snapshot == "medium"
+        else snapshot_name(snapshot)
+        if isinstance(snapshot, int)
+        else snapshot
+    )
     entry = next((e for e in manifest["snapshots"] if e["file"] == name), None)
     if entry is None:
         steps = ", ".join(str(e["step"]) for e in manifest["snapshots"])
@@ -540,7 +588,7 @@ def _terminate(signum, frame):
     raise _Terminated
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m odt.datasets.behaviour",
                      description="Train behaviour SAC policies (checkpointed, resumable) and export their snapshots.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -548,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--env", required=True, choices=ENVS)
     t.add_argument("--out", required=True, help="run directory (checkpoint, buffer chunks, snapshots)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--target-return", type=float, default=None, help="default: D4RL's medium level, ref_min + (ref_max - ref_min) / 3")
+    t.add_argument("--target-return", type=float, default=None,
+                   help="default: D4RL's medium level, ref_min + (ref_max - ref_min) / 3")
     t.add_argument("--max-steps", type=int, default=DEFAULT_TRAIN_STEPS)
     t.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY)
     t.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY)
@@ -559,12 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--run", required=True, help="the train command's --out")
     e.add_argument("--to", required=True, help="package directory, e.g. odt/policies/hopper (replaced)")
     e.add_argument("--every", type=int, default=None, help="keep snapshots at multiples of this many steps")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     # Ctrl-C and SIGTERM leave the last checkpoint, also where the shell that started us ignored SIGINT (a job
     # started with `&` by a script): Python would not install its handler then
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
-    from odt.atomic import WriteError  # noqa: PLC0415
 
     try:
         if args.command == "train":
@@ -578,8 +630,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manifest = export(args.run, args.to, every=args.every)
             size = sum(s["bytes"] for s in manifest["snapshots"])
-            print(f"{args.to}: {len(manifest['snapshots'])} snapshots, {size / 1e6:.2f} MB, medium = {manifest['medium']} "
-                  f"(float16: largest action change {manifest['fp16_check']['max_action_error']:.2g})")
+            print(
+                f"{args.to}: {len(manifest['snapshots'])} snapshots, {size / 1e6:.2f} MB, "
+                f"medium = {manifest['medium']} "
+                f"(float16: largest action change {manifest['fp16_check']['max_action_error']:.2g})"
+            )
     except KeyboardInterrupt as stop:
         where = ""
         if args.command == "train":

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tqdm.auto import tqdm
+
 from odt.atomic import atomic_path
 from odt.lock import file_lock
 
@@ -100,8 +102,6 @@ def _stream(url: str, part: Path, *, timeout: float, bar) -> tuple[int | None, b
 def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, progress: bool = True,
              timeout: float = 60.0) -> Path:
     """Download `url` to `dest` (resuming `dest.part`), verify size and sha256, rename into place."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -131,7 +131,9 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, pr
     size = part.stat().st_size
     if total is not None and size != total:
         part.unlink()
-        raise DownloadError(f"{url}: got {size} bytes but the server announced {total}; the partial file was removed, try again")
+        raise DownloadError(
+            f"{url}: got {size} bytes but the server announced {total}; the partial file was removed, try again"
+        )
     digest = sha256_file(part)
     if sha256 and digest != sha256.lower():
         part.unlink()

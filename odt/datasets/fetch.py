@@ -21,8 +21,11 @@ import numpy as np
 
 from odt.atomic import atomic_dir, write_json
 from odt.data import Trajectory
-from odt.datasets.download import sha256_file
+from odt.datasets.download import fetch_d4rl, sha256_file
+from odt.datasets.generate import generate_task
 from odt.datasets.hdf5 import DatasetError, ends_with_tail, load_d4rl_hdf5, write_d4rl_hdf5
+from odt.datasets.minari_io import load_minari
+from odt.envs import fixed_obs_json, fixed_observation_dims
 from odt.tasks import get_task, normalized_score
 
 SOURCES = ("d4rl", "minari", "generate", "file")
@@ -36,22 +39,16 @@ def load_source(task: str, source: str, *, url: str | None = None, path: str | P
     target_return, transitions, policies (odt.datasets.generate.generate_task)."""
     spec = get_task(task)
     if source == "minari":
-        from odt.datasets.minari_io import load_minari  # noqa: PLC0415
-
         trajectories, dataset_id = load_minari(spec)
         return trajectories, {"minari_id": dataset_id}, False
     if source == "file":
         check_file(Path(path))
         origin = {"path": str(path)}
     elif source == "d4rl":
-        from odt.datasets.download import fetch_d4rl  # noqa: PLC0415
-
         url = url or spec.url
         path = fetch_d4rl(url, Path(cache) / "d4rl", sha256=spec.sha256, progress=progress)
         origin = {"url": url, "path": str(path)}
     elif source == "generate":
-        from odt.datasets.generate import generate_task  # noqa: PLC0415
-
         path, origin = generate_task(spec, cache_dir=Path(cache) / "generate", progress=progress, **generate)
     else:
         raise ValueError(f"unknown source {source!r} (choose from: {', '.join(SOURCES)})")
@@ -77,8 +74,10 @@ def check_actions(trajectories: list[Trajectory], where: str, *, clip: bool = Fa
     if outside and not clip:
         lo, hi = min(float(a.min()) for a in actions), max(float(a.max()) for a in actions)
         total = sum(a.size for a in actions)
-        raise DatasetError(f"{where}: {outside} of {total} action values lie outside [-1, 1] (min {lo:.4g}, max {hi:.4g}); "
-                           f"fix the data, or pass --clip-actions (fetch block: clip-actions: true) to clip them")
+        raise DatasetError(
+            f"{where}: {outside} of {total} action values lie outside [-1, 1] (min {lo:.4g}, max {hi:.4g}); "
+            f"fix the data, or pass --clip-actions (fetch block: clip-actions: true) to clip them"
+        )
     for t in trajectories if outside else ():
         t.actions = np.clip(t.actions, -ACTION_BOUND, ACTION_BOUND)
     return outside
@@ -86,8 +85,6 @@ def check_actions(trajectories: list[Trajectory], where: str, *, clip: bool = Fa
 
 def summarize(task: str, trajectories: list[Trajectory]) -> dict[str, Any]:
     """What a user checks first: sizes, returns raw and normalized, the dims the environment must pin."""
-    from odt.envs import fixed_obs_json, fixed_observation_dims  # noqa: PLC0415
-
     spec = get_task(task)
     returns = np.array([t.episode_return for t in trajectories])
     lengths = np.array([len(t) for t in trajectories])
@@ -119,7 +116,9 @@ def fetch(task: str, source: str, out: str | Path, *, clip_actions: bool = False
                else "generated with SAC in gymnasium")
         meta["note"] = f"{how}, not D4RL data: compare with the paper in trend only"
     with atomic_dir(out) as tmp:
-        h5 = write_d4rl_hdf5(tmp / f"{task}.hdf5", trajectories, metadata={"task": task, "source": source, "tail": tail})
+        h5 = write_d4rl_hdf5(
+            tmp / f"{task}.hdf5", trajectories, metadata={"task": task, "source": source, "tail": tail}
+        )
         meta = {**meta, "tail": tail, "sha256": sha256_file(h5), "file": f"{task}.hdf5"}
         write_json(tmp / f"{task}.json", meta)
     return meta

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from odt.atomic import atomic_dir
 from odt.data import Trajectory
-from odt.lock import file_lock
 from odt.datasets.hdf5 import write_d4rl_hdf5
+from odt.envs import make_env
+from odt.lock import file_lock
 from odt.tasks import TaskSpec, get_task
 
 DEFAULT_TRAIN_STEPS = 1_000_000  # D4RL's SAC budget; training stops earlier at the target return
@@ -78,8 +80,6 @@ def _evaluate(model, env, episodes: int, seed: int) -> float:
 
 def _rollout(model, env, transitions: int, seed: int, progress: bool) -> list[Trajectory]:
     """`transitions` steps of the stochastic policy; episodes end at termination or the time limit."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     obs_buf = np.zeros((transitions, obs_dim), dtype=np.float32)
     act_buf = np.zeros((transitions, act_dim), dtype=np.float32)
@@ -112,9 +112,8 @@ def _replay_trajectories(model) -> list[Trajectory]:
 def train_sac(spec: TaskSpec, *, seed: int, train_steps: int, target_return: float, env_version: str = "v5",
               progress: bool = False):
     """SAC (stable-baselines3 defaults, CPU) until `train_steps` or until the evaluation return reaches the target."""
-    from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415
+    from stable_baselines3.common.callbacks import BaseCallback  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
-    from odt.envs import make_env  # noqa: PLC0415
 
     eval_env = make_env(spec, env_version)
     eval_every = max(1000, min(10_000, train_steps // 10))
@@ -139,9 +138,8 @@ def train_sac(spec: TaskSpec, *, seed: int, train_steps: int, target_return: flo
 def make_sac(spec: TaskSpec, *, seed: int, train_steps: int, env_version: str = "v5"):
     """The SAC of every generated dataset: stable-baselines3 defaults (two 256-unit layers, lr 3e-4, batch 256,
     automatic entropy) on CPU, in the task's env, a replay buffer that holds the whole run, 100 random steps first."""
-    from stable_baselines3 import SAC  # noqa: PLC0415
+    from stable_baselines3 import SAC  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
-    from odt.envs import make_env  # noqa: PLC0415
 
     return SAC("MlpPolicy", make_env(spec, env_version), seed=seed, device="cpu", buffer_size=train_steps,
                learning_starts=min(100, train_steps // 2), verbose=0)
@@ -150,8 +148,6 @@ def make_sac(spec: TaskSpec, *, seed: int, train_steps: int, env_version: str = 
 def generate_run(spec: TaskSpec, run_dir: Path, *, seed: int, train_steps: int, target_return: float,
                  transitions: int, env_version: str = "v5", progress: bool = False) -> dict[str, Any]:
     """Train SAC once and write `medium.hdf5`, `medium-replay.hdf5` and `run.json` into `run_dir`."""
-    from odt.envs import make_env  # noqa: PLC0415
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # determinism, and SAC's small networks gain nothing from more
     try:
@@ -163,9 +159,15 @@ def generate_run(spec: TaskSpec, run_dir: Path, *, seed: int, train_steps: int, 
     finally:
         torch.set_num_threads(threads)
     info = {
-        "generator": "stable-baselines3 SAC", "env": spec.env, "env_version": env_version, "seed": seed,
-        "train_steps": train_steps, "target_return": target_return, "transitions": transitions,
-        "sac_steps": int(model.num_timesteps), "reached_target": bool(history and history[-1]["eval_return"] >= target_return),
+        "generator": "stable-baselines3 SAC",
+        "env": spec.env,
+        "env_version": env_version,
+        "seed": seed,
+        "train_steps": train_steps,
+        "target_return": target_return,
+        "transitions": transitions,
+        "sac_steps": int(model.num_timesteps),
+        "reached_target": bool(history and history[-1]["eval_return"] >= target_return),
         "eval_history": history,
     }
     for name, trajectories in (("medium", medium), ("medium-replay", replay)):
@@ -198,13 +200,15 @@ def generate_task(task: str | TaskSpec, *, seed: int = 0, train_steps: int | Non
         raise GenerateError("policies rolls out trained behaviour policies, train_steps and target_return train SAC "
                             "here: give one or the other")
     if not training:
-        from odt.datasets import rollout  # noqa: PLC0415
+        from odt.datasets import rollout  # noqa: PLC0415 (a cycle: rollout imports this module)
 
         package = Path(policies) if policies is not None else rollout.shipped(spec.env)
         if package is not None:
             made_in = rollout.read_manifest(package)["env_version"]
             if env_version is not None and env_version != made_in:
-                raise GenerateError(f"the behaviour policies in {package} act in {spec.env} {made_in}, not {env_version}")
+                raise GenerateError(
+                    f"the behaviour policies in {package} act in {spec.env} {made_in}, not {env_version}"
+                )
             if transitions is not None and int(transitions) < 1:
                 raise GenerateError(f"transitions must be >= 1, got {transitions}")
             return rollout.policy_task(spec, package, seed=seed, transitions=transitions,

@@ -9,14 +9,16 @@ rule). A cut-off tail is kept as a trajectory without a terminal.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 
 from odt.atomic import atomic_path
 from odt.data import Trajectory
+from odt.tasks import get_task
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 DISCONTINUITY_TOL = 1e-6
@@ -35,7 +37,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         f = h5py.File(path, "r")
     except OSError as err:
         reason = "truncated" if path.stat().st_size and "truncated" in str(err).lower() else "not an HDF5 file"
-        raise DatasetError(f"{path}: {reason} or corrupted ({err.__class__.__name__}); delete it and fetch it again") from None
+        raise DatasetError(
+            f"{path}: {reason} or corrupted ({err.__class__.__name__}); delete it and fetch it again"
+        ) from None
     with f:
         missing = [k for k in REQUIRED if k not in f]
         # some old files lack `timeouts`; that alone is tolerable (all False), other keys are not
@@ -51,7 +55,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path}: the dataset is empty")
     for k, v in arrays.items():
         if len(v) != n:
-            raise DatasetError(f"{path}: '{k}' has {len(v)} rows but 'rewards' has {n}; all keys must have one row per step")
+            raise DatasetError(
+                f"{path}: '{k}' has {len(v)} rows but 'rewards' has {n}; all keys must have one row per step"
+            )
     for k in ("observations", "actions", "next_observations"):
         if k in arrays and arrays[k].ndim != 2:
             raise DatasetError(f"{path}: '{k}' must be 2-D (steps, dim), got shape {arrays[k].shape}")
@@ -81,8 +87,6 @@ def load_d4rl_hdf5(path: str | os.PathLike, task: str | None = None) -> list[Tra
     arrays = _read_arrays(path)
     spec = None
     if task is not None:
-        from odt.tasks import get_task  # noqa: PLC0415
-
         spec = get_task(task)
         for key, want in (("observations", spec.obs_dim), ("actions", spec.act_dim)):
             got = arrays[key].shape[1]
@@ -124,7 +128,9 @@ def write_d4rl_hdf5(
         raise DatasetError(f"{path}: refusing to write a dataset with no trajectories")
     path = Path(path)
     obs = np.concatenate([t.observations for t in trajectories]).astype(dtype)
-    nxt = np.concatenate([np.concatenate([t.observations[1:], t.observations[-1:]]) for t in trajectories]).astype(dtype)
+    nxt = np.concatenate([np.concatenate([t.observations[1:], t.observations[-1:]]) for t in trajectories]).astype(
+        dtype
+    )
     act = np.concatenate([t.actions for t in trajectories]).astype(dtype)
     rew = np.concatenate([t.rewards for t in trajectories]).astype(dtype)
     term = np.concatenate([t.terminals for t in trajectories]).astype(bool)

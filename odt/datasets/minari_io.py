@@ -21,7 +21,9 @@ from odt.tasks import TaskSpec, get_task
 def flatten_observations(observations) -> np.ndarray:
     if isinstance(observations, dict):
         if "achieved_goal" in observations and "observation" in observations:
-            return np.concatenate([np.asarray(observations["achieved_goal"]), np.asarray(observations["observation"])], axis=1)
+            return np.concatenate(
+                [np.asarray(observations["achieved_goal"]), np.asarray(observations["observation"])], axis=1
+            )
         raise DatasetError(f"dict observations with keys {sorted(observations)}: only AntMaze's "
                            f"(achieved_goal, observation, desired_goal) can be flattened to D4RL's layout")
     return np.asarray(observations)
@@ -41,7 +43,7 @@ def episode_to_trajectory(episode) -> Trajectory:
 
 def open_dataset(dataset_id: str, download: bool | None = None):
     """The local copy if there is one; otherwise a download (unless `download` is False)."""
-    import minari  # noqa: PLC0415
+    import minari  # noqa: PLC0415 (optional: pyproject's pipeline extra)
 
     try:
         return minari.load_dataset(dataset_id, download=False)
@@ -83,7 +85,9 @@ def _root() -> str:
     return os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
 
 
-def load_minari(dataset: str | TaskSpec, task: str | None = None, *, download: bool | None = None) -> tuple[list[Trajectory], str]:
+def load_minari(
+    dataset: str | TaskSpec, task: str | None = None, *, download: bool | None = None
+) -> tuple[list[Trajectory], str]:
     """(trajectories, dataset id) of a Minari dataset given by id, or of the one that stands in for a task.
 
     `task` (or the TaskSpec) checks observation and action dims against the registry.

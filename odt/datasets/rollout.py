@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import odt
 from odt.atomic import atomic_dir, write_json
@@ -47,6 +48,7 @@ from odt.datasets.behaviour import load_actor, read_manifest
 from odt.datasets.download import sha256_file
 from odt.datasets.generate import DATASETS, DEFAULT_TRANSITIONS, GenerateError
 from odt.datasets.hdf5 import write_d4rl_hdf5
+from odt.envs import make_env
 from odt.lock import file_lock
 from odt.tasks import TaskSpec, get_task
 
@@ -94,7 +96,9 @@ class _Episode:
         self.obs = self.act = self.rew = None
 
 
-def rollout(actor, envs: list, quota: int, *, seed: int, key: tuple[int, ...], bar=None) -> tuple[list[Trajectory], bool]:
+def rollout(
+    actor, envs: list, quota: int, *, seed: int, key: tuple[int, ...], bar=None
+) -> tuple[list[Trajectory], bool]:
     """`quota` transitions of the stochastic `actor` over `envs` stepped together: (trajectories, last one cut?).
 
     The episodes in the order they started, the last cut at the quota (see the module's docstring).
@@ -113,7 +117,11 @@ def rollout(actor, envs: list, quota: int, *, seed: int, key: tuple[int, ...], b
     settled = (0, 0)  # (index, steps before it): episodes before it are finished and inside the quota
 
     def keep(i: int, e: _Episode) -> None:
-        e.obs, e.act, e.rew = obs_buf[i, : e.length].copy(), act_buf[i, : e.length].copy(), rew_buf[i, : e.length].copy()
+        e.obs, e.act, e.rew = (
+            obs_buf[i, : e.length].copy(),
+            act_buf[i, : e.length].copy(),
+            rew_buf[i, : e.length].copy(),
+        )
         running[i] = None
 
     while True:
@@ -145,15 +153,28 @@ def rollout(actor, envs: list, quota: int, *, seed: int, key: tuple[int, ...], b
         if bar is not None:
             bar.update(len(active))
         if started >= quota:  # the last stretch: stop the episodes the data no longer needs, or needs no more of
-            index, before = settled
-            while index < len(episodes) and episodes[index].finished and before + episodes[index].length < quota:
-                before += episodes[index].length
-                index += 1
-            settled = (index, before)
-            for e in episodes[index:]:
-                if e.obs is None and before + e.length >= quota:  # still running
-                    keep(e.env, e)  # it holds all the data needs of it (its need only shrinks as others grow)
-                before += e.length
+            settled = _settle(episodes, settled, quota, keep)
+    return _cut(episodes, quota)
+
+
+def _settle(episodes: list[_Episode], settled: tuple[int, int], quota: int, keep) -> tuple[int, int]:
+    """Once the episodes started hold `quota` steps: each running episode that holds all the data needs of it is
+    stopped (`keep`; its need only shrinks as others grow). `settled` is (index, steps before it): the episodes
+    before it are finished and inside the quota; returns it moved on."""
+    index, before = settled
+    while index < len(episodes) and episodes[index].finished and before + episodes[index].length < quota:
+        before += episodes[index].length
+        index += 1
+    settled = (index, before)
+    for e in episodes[index:]:
+        if e.obs is None and before + e.length >= quota:  # still running
+            keep(e.env, e)
+        before += e.length
+    return settled
+
+
+def _cut(episodes: list[_Episode], quota: int) -> tuple[list[Trajectory], bool]:
+    """The episodes in the order they started, as trajectories, the last cut at the quota: (them, last one cut?)."""
     trajectories, cut, before = [], False, 0
     for e in episodes:
         if before >= quota:
@@ -181,10 +202,6 @@ def from_policies(task: str | TaskSpec, out_dir: str | os.PathLike, *, seed: int
                   progress: bool = False) -> tuple[Path, dict[str, Any]]:
     """Roll out `task`'s data from the behaviour policies in `package_dir` (default: the shipped ones of its env)
     into `out_dir`/<task>.hdf5 (D4RL layout) and `out_dir`/rollout.json (provenance); returns (path, provenance)."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    from odt.envs import make_env  # noqa: PLC0415
-
     spec = get_task(task) if isinstance(task, str) else task
     if spec.dataset not in DATASETS or not spec.generatable:
         raise GenerateError(f"{spec.name}: only {' and '.join(DATASETS)} data of the locomotion envs can be rolled out")
