@@ -1,6 +1,7 @@
 """Run health: pretraining curves of ODT variants, one change at a time from the cpu profile, over 3 seeds.
 
-    python -m benchmarks.health --data data/hopper-medium-v2/hopper-medium-v2.hdf5 --out reports/cpu-profile/sac-data-2026-12-02/health
+    python -m benchmarks.health --data data/hopper-medium-v2/hopper-medium-v2.hdf5 \
+        --out reports/cpu-profile/sac-data-2026-12-02/health
 
 Every variant pretrains with the `cpu` profile's settings but one (d64 L2 H2, K=10, batch 64,
 LAMB lr 5e-4 wd 5e-4 decoupled, warmup 1000, dropout 0.1, log-std in [-5, 2], target entropy
