@@ -476,8 +476,9 @@ def _half_precision(source: Path, snap: dict[str, Any], tmp: Path, obs: torch.Te
     name = snapshot_name(snap["step"])
     save_checkpoint(tmp / name, half)
     a32, a16 = _actor_from(full, *bounds), _actor_from(half, *bounds)
-    moved = (a32.act(obs, deterministic=True) - a16.act(obs, deterministic=True)).abs() if len(obs) else None
-    error = float(moved.max()) if moved is not None else 0.0
+    error = 0.0
+    if len(obs):
+        error = float((a32.act(obs, deterministic=True) - a16.act(obs, deterministic=True)).abs().max())
     if not error <= FP16_ACTION_TOL:
         raise GenerateError(f"{source} in float16 moves actions by {error:.2g} > {FP16_ACTION_TOL:g}; "
                             "keep it in float32")

@@ -22,7 +22,6 @@ import numpy as np
 from odt.atomic import atomic_dir, write_json
 from odt.data import Trajectory
 from odt.datasets.download import fetch_d4rl, sha256_file
-from odt.datasets.generate import generate_task
 from odt.datasets.hdf5 import DatasetError, ends_with_tail, load_d4rl_hdf5, write_d4rl_hdf5
 from odt.datasets.minari_io import load_minari
 from odt.envs import fixed_obs_json, fixed_observation_dims
@@ -49,6 +48,8 @@ def load_source(task: str, source: str, *, url: str | None = None, path: str | P
         path = fetch_d4rl(url, Path(cache) / "d4rl", sha256=spec.sha256, progress=progress)
         origin = {"url": url, "path": str(path)}
     elif source == "generate":
+        from odt.datasets.generate import generate_task  # noqa: PLC0415 (torch: 1.2 s more for every other source)
+
         path, origin = generate_task(spec, cache_dir=Path(cache) / "generate", progress=progress, **generate)
     else:
         raise ValueError(f"unknown source {source!r} (choose from: {', '.join(SOURCES)})")
