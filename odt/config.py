@@ -72,10 +72,22 @@ class FinetuneConfig(OptimConfig, EvalConfig):
     """Algorithm 1: rounds of (explore, add to the buffer, update) until the online budget; cadence in rounds."""
 
     buffer_size: PosInt = 1_000  # trajectories kept in the replay buffer
+    buffer_init: Literal["top", "random"] = "top"  # the buffer starts with the top-N offline trajectories by
+    # return (Algorithm 1, line 2), or N drawn at random without replacement (Appendix A's alternative)
     updates_per_round: PosInt = 300  # gradient updates between two exploration rollouts
     rollouts_per_round: PosInt = 1
     online_samples: NonNegInt = 200_000  # budget of online environment steps
     g_online: float = 7200.0  # exploration RTG
+    # the curriculum of Sec. 5.2 (Fig. 5.3): explore with the q-th percentile (0-100) of the returns in the
+    # buffer, recomputed each round, instead of the fixed g_online
+    curriculum_percentile: Annotated[float, Field(ge=0, le=100)] | None = None
+    hindsight_relabel: bool = True  # False: online trajectories keep the RTGs they were conditioned on (Fig. 5.4)
+    # lambda when finetuning starts; None: it continues from the pretrained trainer, as in the authors' code
+    # and Fig. G.1 (one lambda through both phases)
+    init_temperature: PosFloat | None = None
+    # restart the linear warmup when finetuning starts; False: its position continues from pretraining (the
+    # authors' code: one scheduler through both phases), so a short pretraining finetunes at part of the rate
+    restart_warmup: bool = False
     eval_every_rounds: PosInt = 10
     checkpoint_every_rounds: PosInt = 10
 

@@ -62,12 +62,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
 def plot(path: Path, series: dict[str, list[dict[str, float]]], *, title: str, x: str = "online_samples",
          xlabel: str = "online samples", lines: dict[str, float] | None = None) -> Path:
     """Each series' mean line and +-std band over seeds; `lines` as horizontal levels. PNG, written atomically."""
-    import matplotlib  # noqa: PLC0415 (optional: pyproject's pipeline extra)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional: pyproject's pipeline extra)
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=100)
     for i, (label, curve) in enumerate(series.items()):
         xs, mean, std = (np.array([r[k] for r in curve]) for k in (x, "mean", "std"))
         seeds = int(curve[0]["seeds"])
@@ -91,6 +86,16 @@ def plot_seed(path: Path, rows: list[dict[str, float]], *, seed: int, title: str
     x = "online_samples" if "online_samples" in rows[0] else "updates"
     curve = [{x: r[x], "mean": r["eval_normalized"], "std": r["eval_normalized_std"], "seeds": 1} for r in rows]
     return plot(path, {f"seed {seed} (band: std over episodes)": curve}, title=title, x=x, xlabel=x.replace("_", " "))
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib  # noqa: PLC0415 (optional: pyproject's pipeline extra)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional: pyproject's pipeline extra)
+
+    return plt
 
 
 def save_figure(fig, path: Path, **savefig) -> Path:

@@ -56,3 +56,10 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
     """g_t = sum_{j>=t} r_j (undiscounted, raw scale), float32."""
     r = np.asarray(rewards, dtype=np.float64)
     return np.cumsum(r[::-1])[::-1].astype(np.float32)
+
+
+def conditioned_returns_to_go(rewards: np.ndarray, target_return: float) -> np.ndarray:
+    """The RTGs a rollout was conditioned on: g_t = target_return - sum_{j<t} r_j (raw scale), float32; what an
+    online trajectory keeps without hindsight relabelling."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return (target_return - (np.cumsum(r) - r)).astype(np.float32)

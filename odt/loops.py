@@ -22,11 +22,14 @@ from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import EvalConfig, FinetuneConfig, ModelConfig, PretrainConfig
+from odt.data import conditioned_returns_to_go
 from odt.envs import check_dims, vector_env
 from odt.logger import Logger, NullLogger
 from odt.replay import TrajectoryReplayBuffer
 from odt.runs import Data, EnvFn, Run, headline, names_divergence, resume, trajectories
 from odt.trainer import ODTTrainer
+
+DYNAMICS = ("loss", "nll", "entropy", "temperature")  # the training metrics a run's dynamics keep
 
 
 @names_divergence("pretrain")
@@ -46,10 +49,10 @@ def pretrain(data: Data, model_cfg: ModelConfig, cfg: PretrainConfig, env_fn: En
     if state is None:
         buffer = TrajectoryReplayBuffer(len(data), data)
         trainer = ODTTrainer(model_cfg, cfg, buffer, seed=seed, device=device, task=task)
-        evaluations, elapsed = [], 0.0
+        evaluations, dynamics, elapsed = [], [], 0.0
     else:
         trainer = ODTTrainer.from_state(state["trainer"], optim=cfg, device=device, data=data)
-        evaluations, elapsed = state["evaluations"], state["wall_time"]
+        evaluations, dynamics, elapsed = state["evaluations"], state.get("dynamics", []), state["wall_time"]
     envs = _envs(env_fn, cfg.eval_episodes, trainer)  # a dims mismatch fails here, before any update
     start = time.perf_counter() - elapsed
     total = cfg.pretrain_updates
@@ -67,10 +70,12 @@ def pretrain(data: Data, model_cfg: ModelConfig, cfg: PretrainConfig, env_fn: En
                 metrics |= evaluation
                 logger.report(headline(evaluation), step, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, step)
+            dynamics.append(_dynamics({"updates": step}, metrics))
             if last or step % cfg.checkpoint_every == 0:  # the buffer is the offline data: not copied
-                _save(checkpoint, trainer, buffer=False, evaluations=evaluations, wall_time=time.perf_counter() - start)
+                _save(checkpoint, trainer, buffer=False, evaluations=evaluations, dynamics=dynamics,
+                      wall_time=time.perf_counter() - start)
     envs.close()
-    return Run(trainer, evaluations, time.perf_counter() - start, trainer.num_updates, online=False)
+    return Run(trainer, evaluations, time.perf_counter() - start, trainer.num_updates, online=False, dynamics=dynamics)
 
 
 @names_divergence("finetune")
@@ -81,11 +86,12 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
 
     `pretrained` (a trainer, left untouched, or its checkpoint file with `data`, the offline
     trajectories or their HDF5 file, which pretraining checkpoints do not copy) starts with `seed`'s own RNG
-    streams and the top `buffer_size` offline trajectories. It is scored first with
+    streams and the top `buffer_size` offline trajectories (`buffer_init`). It is scored first with
     `offline`'s evaluation settings (the pretraining's; default: `cfg`'s) and with `cfg`'s
-    (the curve's first point). Each round explores with g_online, adds the rollouts to
-    the buffer (FIFO, hindsight RTGs) and runs `updates_per_round` updates; every
-    `eval_every_rounds` rounds and at the end it evaluates with g_eval.
+    (the curve's first point). Each round explores with g_online (or the curriculum's RTG),
+    adds the rollouts to the buffer (FIFO, hindsight RTGs unless `hindsight_relabel` is off)
+    and runs `updates_per_round` updates; every `eval_every_rounds` rounds and at the end it
+    evaluates with g_eval. Each round's training metrics are kept as `Run.dynamics`.
     """
     logger = logger or NullLogger()
     state = resume(checkpoint)
@@ -97,26 +103,30 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
         start = time.perf_counter()
         offline_score, first = _score_start(trainer, cfg, offline, env_fn, eval_envs)
         evaluations, rounds, online_samples = [{"round": 0, "online_samples": 0, **first}], 0, 0
+        dynamics = []
         logger.report(headline(first), trainer.num_updates, cfg.online_samples == 0)
         logger.log({"online_samples": 0, **{k.replace("eval_", "offline_"): v for k, v in offline_score.items()},
                     **first, "wall_time": time.perf_counter() - start}, trainer.num_updates)
         _save(checkpoint, trainer, buffer=True, evaluations=evaluations, offline=offline_score, rounds=0,
-              online_samples=0, wall_time=time.perf_counter() - start)
+              online_samples=0, dynamics=dynamics, wall_time=time.perf_counter() - start)
     else:
-        evaluations, offline_score = state["evaluations"], state["offline"]
+        evaluations, offline_score, dynamics = state["evaluations"], state["offline"], state.get("dynamics", [])
         rounds, online_samples = state["rounds"], state["online_samples"]
         start = time.perf_counter() - state["wall_time"]
     budget = cfg.online_samples
     with tqdm(total=budget, initial=min(online_samples, budget), desc="finetune", unit="step", disable=not progress,
               mininterval=1.0) as bar:
         while online_samples < budget:
-            result = trainer.explore(explore_envs, cfg)
-            trainer.buffer.add(result.trajectories)
+            g_online = trainer.exploration_rtg(cfg)  # fixed, or the curriculum's percentile of the buffer's returns
+            result = trainer.explore(explore_envs, cfg, g_online)
+            # hindsight relabelling: the RTGs achieved; without it, those the rollout was conditioned on
+            trainer.buffer.add(result.trajectories, None if cfg.hindsight_relabel else
+                               [conditioned_returns_to_go(t.rewards, g_online) for t in result.trajectories])
             bar.update(min(online_samples + int(result.lengths.sum()), budget) - online_samples)
             online_samples += int(result.lengths.sum())
             rounds += 1
             metrics = trainer.train_updates(cfg.updates_per_round)
-            metrics |= {"online_samples": online_samples, "round": rounds,
+            metrics |= {"online_samples": online_samples, "round": rounds, "g_online": g_online,
                         "explore_return": float(result.returns.mean()), "explore_length": float(result.lengths.mean())}
             last = online_samples >= budget
             if last or rounds % cfg.eval_every_rounds == 0:
@@ -126,12 +136,15 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
                 bar.set_postfix(eval_return=f"{evaluation['eval_return']:.1f}", refresh=False)
                 logger.report(headline(evaluation), trainer.num_updates, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, trainer.num_updates)
+            dynamics.append(_dynamics({"updates": trainer.num_updates, "round": rounds,
+                                       "online_samples": online_samples, "g_online": g_online}, metrics))
             if last or rounds % cfg.checkpoint_every_rounds == 0:
                 _save(checkpoint, trainer, buffer=True, evaluations=evaluations, offline=offline_score, rounds=rounds,
-                      online_samples=online_samples, wall_time=time.perf_counter() - start)
+                      online_samples=online_samples, dynamics=dynamics, wall_time=time.perf_counter() - start)
     eval_envs.close()
     explore_envs.close()
-    return Run(trainer, evaluations, time.perf_counter() - start, trainer.num_updates, offline_score)
+    return Run(trainer, evaluations, time.perf_counter() - start, trainer.num_updates, offline_score,
+               dynamics=dynamics)
 
 
 def _online_trainer(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, *, seed: int, device: str,
@@ -142,9 +155,13 @@ def _online_trainer(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, *,
         trainer = ODTTrainer.from_state(load_checkpoint(pretrained)["trainer"], device=device, data=data)
     else:
         trainer = pretrained.copy()
-    trainer.switch_phase(cfg)
+    trainer.switch_phase(cfg, restart_warmup=cfg.restart_warmup)
+    if cfg.init_temperature is not None:  # else lambda continues from pretraining
+        trainer.restart_temperature(cfg.init_temperature)
     trainer.reseed(seed)
-    trainer.buffer = TrajectoryReplayBuffer(cfg.buffer_size, trainer.buffer.trajectories)  # top-N offline
+    # top-N offline (or N drawn with the seed's training RNG)
+    trainer.buffer = TrajectoryReplayBuffer(cfg.buffer_size, trainer.buffer.trajectories, init=cfg.buffer_init,
+                                            rng=trainer.rng)
     return trainer
 
 
@@ -158,6 +175,12 @@ def _score_start(trainer: ODTTrainer, cfg: FinetuneConfig, offline: EvalConfig |
     same = offline.eval_episodes == cfg.eval_episodes
     offline_envs = eval_envs if same else vector_env(env_fn, offline.eval_episodes)
     return trainer.evaluate(offline_envs, offline, index=0), trainer.evaluate(eval_envs, cfg, index=0)
+
+
+def _dynamics(at: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """A row of the training dynamics (Fig. 4.1, G.1): where (`at`), then the loss, NLL, entropy and lambda averaged
+    over the updates since the last row (a deterministic model has the loss only)."""
+    return at | {k: metrics[k] for k in DYNAMICS if k in metrics}
 
 
 def _envs(env_fn: EnvFn, n: int, trainer: ODTTrainer) -> gym.vector.VectorEnv:

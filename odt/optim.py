@@ -220,6 +220,14 @@ def optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, warmup_steps: Call
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup_steps()))
 
 
+def restart_warmup(scheduler: Any) -> None:
+    """The warmup's position back to its first step (either scheduler); the next `switch_values` sets the rate."""
+    if isinstance(scheduler, LinearWarmup):
+        scheduler._t.zero_()
+    else:
+        scheduler.last_epoch, scheduler._step_count = 0, 1
+
+
 def switch_values(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: OptimConfig) -> None:
     """`cfg`'s learning rate, weight decay and LAMB rule on a running optimiser (either kind); moments and the
     warmup's position are kept, the rate is the new one at that position. Group 1 (biases, norms) keeps no decay."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -36,18 +37,26 @@ class Batch:
 
 
 class TrajectoryReplayBuffer:
-    """Top-`capacity` trajectories by return at initialisation; FIFO afterwards.
+    """Top-`capacity` trajectories by return at initialisation (`init="random"`: `capacity` of them drawn with `rng`,
+    without replacement); FIFO afterwards.
 
     Initial trajectories are kept in ascending order of return, so the first ones evicted
     by online data are the worst offline ones. Returns-to-go are computed from each
     trajectory's own rewards when it enters: hindsight return relabelling for online
-    trajectories, plain RTGs for offline ones.
+    trajectories, plain RTGs for offline ones (`add` takes other RTGs for the ablation).
     """
 
-    def __init__(self, capacity: int, trajectories: Sequence[Trajectory] = ()):
+    def __init__(self, capacity: int, trajectories: Sequence[Trajectory] = (), *,
+                 init: Literal["top", "random"] = "top", rng: np.random.Generator | None = None):
         if capacity <= 0:
             raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
+        if init == "random" and len(trajectories) > self.capacity:
+            if rng is None:
+                raise ValueError("init='random' draws its trajectories with rng: pass one")
+            trajectories = [trajectories[i] for i in rng.choice(len(trajectories), self.capacity, replace=False)]
+        elif init not in ("top", "random"):
+            raise ValueError(f"init must be 'top' or 'random', got {init!r}")
         ranked = sorted(trajectories, key=lambda t: t.episode_return)[-self.capacity :]
         if not ranked:
             raise ValueError("the replay buffer needs at least one trajectory to start from")
@@ -128,17 +137,26 @@ class TrajectoryReplayBuffer:
     def trajectories(self) -> list[Trajectory]:
         return [self.trajectory(i) for i in range(len(self))]
 
-    def add(self, trajectories: Sequence[Trajectory]) -> None:
-        """Append new trajectories, dropping the oldest beyond capacity (one copy per call)."""
+    @property
+    def returns(self) -> np.ndarray:
+        """Each trajectory's return (float64), oldest first."""
+        return np.add.reduceat(self.rewards.astype(np.float64), self.starts)
+
+    def add(self, trajectories: Sequence[Trajectory], rtgs: Sequence[np.ndarray] | None = None) -> None:
+        """Append new trajectories, dropping the oldest beyond capacity (one copy per call). Their RTGs are the
+        achieved returns-to-go (hindsight relabelling), or `rtgs`, one array per trajectory."""
         if not trajectories:
             return
-        new = list(trajectories)[-self.capacity :]
+        rtgs = [returns_to_go(t.rewards) for t in trajectories] if rtgs is None else list(rtgs)
+        if len(rtgs) != len(trajectories) or any(len(g) != len(t) for g, t in zip(rtgs, trajectories)):
+            raise ValueError("rtgs must hold one array per trajectory, as long as it")
+        new = list(zip(trajectories, rtgs))[-self.capacity :]
         n_drop = max(0, len(self) + len(new) - self.capacity)
         cut = int(self.starts[n_drop]) if n_drop < len(self) else self.num_transitions
         self._set_storage(
-            self._pack([(t, returns_to_go(t.rewards)) for t in new], head=self._table[cut:]),
-            terminals=np.concatenate([self.terminals[cut:], *[t.terminals for t in new]]),
-            lengths=np.concatenate([self.lengths[n_drop:], [len(t) for t in new]]),
+            self._pack(new, head=self._table[cut:]),
+            terminals=np.concatenate([self.terminals[cut:], *[t.terminals for t, _ in new]]),
+            lengths=np.concatenate([self.lengths[n_drop:], [len(t) for t, _ in new]]),
         )
 
     # sampling --------------------------------------------------------------------------
@@ -187,3 +205,15 @@ class TrajectoryReplayBuffer:
         buf._set_storage(np.asarray(state["table"]), terminals=np.asarray(state["terminals"]),
                          lengths=np.asarray(state["lengths"]), obs_dim=int(state["obs_dim"]))
         return buf
+
+
+def sampling_probabilities(trajectories: Sequence[Trajectory]) -> dict[str, np.ndarray]:
+    """Figure F.1: each trajectory's probability of being sampled by length (what `sample` draws: |tau| / sum |tau|)
+    and by return (importance sampling: R(tau) / sum R, returns below 0 counted as 0), with lengths and returns."""
+    lengths = np.array([len(t) for t in trajectories], dtype=np.float64)
+    returns = np.array([t.episode_return for t in trajectories], dtype=np.float64)
+    positive = np.clip(returns, 0.0, None)
+    if positive.sum() <= 0:
+        raise ValueError("no trajectory has a positive return: return-proportional sampling is undefined")
+    return {"length": lengths, "return": returns, "p_length": lengths / lengths.sum(),
+            "p_return": positive / positive.sum()}

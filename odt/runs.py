@@ -10,7 +10,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Run:
     num_updates: int  # gradient updates the learner has made (pretraining's included for a finetuned ODT)
     offline_score: dict[str, float] | None = None  # an online run's starting policy, scored (eval_* keys)
     online: bool = True  # False: an offline run (pretraining), whose final evaluation is its offline score
+    dynamics: list[dict[str, float]] = field(default_factory=list)  # training metrics per logged row or round
 
     @property
     def final(self) -> dict[str, float]:
@@ -70,6 +71,12 @@ class Run:
         the scores."""
         x = [k for k in ("round", "online_samples", "updates") if k in self.final]
         return curves.write_csv(Path(path), self.evaluations, [*x, *curves.SCORES])
+
+    def write_dynamics(self, path: str | Path) -> Path:
+        """The training dynamics as CSV: where each row was taken (updates; round, online samples, g_online), then
+        loss, NLL, entropy and lambda (`temperature`) as the run has them."""
+        columns = list(dict.fromkeys(k for row in self.dynamics for k in row))
+        return curves.write_csv(Path(path), self.dynamics, columns)
 
     def scores(self) -> dict[str, float]:
         """The scores a results table reads: offline_* (the policy before any online sample: pretraining's final

@@ -51,10 +51,14 @@ def pretrain_key(stage: str, plan, params, model, cfg, data: Path) -> dict[str, 
             "env_version": params.env_version, "data_sha256": file_sha(data), "code_sha256": code_sha()}
 
 
-def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path) -> dict[str, Any]:
-    """Same for finetuning: the pretrained checkpoints each seed starts from, by content."""
+def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path,
+                 pretrained: Path | None = None) -> dict[str, Any]:
+    """Same for finetuning: the pretrained checkpoints each seed starts from, by content; or, from an experiment's
+    pretraining work directory (`pretrained`), by its name, which is its key's fingerprint: then the key does not
+    depend on the number of seeds, and experiments with other seed counts share their seeds' work."""
     from odt.envs import dataset_fixed_obs, fixed_obs_json
 
+    start = {"pretrained": pretrained.name} if pretrained else {"checkpoint_sha256": [file_sha(c) for c in checkpoints]}
     return {
         "stage": "finetune",
         "task": plan.name,
@@ -62,7 +66,7 @@ def finetune_key(plan, params, cfg, checkpoints: list[Path], root: Path) -> dict
         "offline_eval": plan.pretrain.evaluation.model_dump(),
         "fixed_obs": fixed_obs_json(dataset_fixed_obs(paths.dataset_meta(root, plan.name))),
         "env_version": params.env_version,
-        "checkpoint_sha256": [file_sha(c) for c in checkpoints],
+        **start,
         "code_sha256": code_sha(),
     }
 

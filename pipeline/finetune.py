@@ -25,22 +25,26 @@ from pipeline.params import Params, TaskPlan, phase_config
 FIELDS = ("task", "seeds", "offline_mean", "online_mean", "delta")  # the summary's keys the command prints
 
 
-def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
+def stage(plan: TaskPlan, params: Params, *, root: Path, pretrained: Path | None = None) -> seeds.Stage:
     """Every seed finetunes its pretrained checkpoint with the task's `finetune` block (or its tuned values); each
-    input is checked once here, before any seed or MLflow run starts."""
+    input is checked once here, before any seed or MLflow run starts.
+
+    `pretrained`: the work directory of a pretraining (an experiment's variant, pipeline/experiment.py), whose
+    seed_<k>/checkpoint.pt seed k starts from; default: the pretrain stage's runs/<task>/pretrain/."""
     from odt.envs import check_dims, vector_env
 
     root = Path(root).resolve()
     paths.existing_dataset(root, plan.name)  # each seed reloads the offline data: missing or altered, one line now
-    checkpoints = paths.existing_checkpoints(root, plan.name, params.seeds)
+    checkpoints = paths.existing_checkpoints(root, plan.name, params.seeds, pretrained)
     envs = vector_env(plan.env_fn(root), 1)  # a dims mismatch: one line, before any seed
     check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)
     envs.close()
     cfg, hparams = phase_config(plan, params, "finetune", root=root)
     return seeds.Stage(
-        "finetune", plan.name, params, root, key=caching.finetune_key(plan, params, cfg, checkpoints, root),
-        job=functools.partial(jobs.finetune, jobs.Setup("finetune", plan, cfg, params.device, root, hparams)),
-        files=("policy.pt", "curve.csv", "result.json"), step=cfg.online_samples,
+        "finetune", plan.name, params, root, key=caching.finetune_key(plan, params, cfg, checkpoints, root, pretrained),
+        job=functools.partial(jobs.finetune, jobs.Setup("finetune", plan, cfg, params.device, root, hparams,
+                                                        pretrained)),
+        files=("policy.pt", "curve.csv", "dynamics.csv", "result.json"), step=cfg.online_samples,
         tags={"hparams_source": hparams["source"]},
         extra=lambda results: {"online_samples": cfg.online_samples, "hparams": hparams})
 

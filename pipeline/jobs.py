@@ -10,10 +10,12 @@ diverges is named as params.yaml spells it, or as the tuned file it came from.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from odt import curves
 from odt.divergence import Diverged
 from pipeline import caching, paths, seeds
 from pipeline.params import Params, TaskPlan, learning_rate_setting
@@ -29,6 +31,7 @@ class Setup:
     device: str
     root: Path  # absolute: data/ and runs/ are found from it
     hparams: dict[str, Any] | None = None  # ODT and DT: learning rate, weight decay and where they came from
+    pretrained: Path | None = None  # finetune: the pretraining work directory it starts from (paths.pretrained)
 
 
 def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
@@ -43,7 +46,7 @@ def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
         setup.root,
         key=caching.pretrain_key(setup.stage, plan, params, model, cfg, data),
         job=functools.partial(pretrain, setup),
-        files=("checkpoint.pt", "curve.csv", "result.json"),
+        files=("checkpoint.pt", "curve.csv", "dynamics.csv", "result.json"),
         step=cfg.pretrain_updates,
         tags={"hparams_source": hparams["source"]},
         extra=lambda results: {
@@ -68,6 +71,7 @@ def pretrain(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
         raise err.named(f"{setup.stage} {plan.name} seed {seed}",
                         learning_rate_setting(plan, "dt.train" if dt else "pretrain", setup.hparams))
     run.write_curve(seed_dir / "curve.csv")
+    run.write_dynamics(seed_dir / "dynamics.csv")
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.num_updates,
             "hparams": setup.hparams}
 
@@ -79,13 +83,14 @@ def finetune(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
 
     plan, cfg = setup.plan, setup.cfg
     try:
-        run = loop(paths.pretrained(setup.root, plan.name, seed), cfg, plan.env_fn(setup.root),
+        run = loop(paths.pretrained(setup.root, plan.name, seed, setup.pretrained), cfg, plan.env_fn(setup.root),
                    data=paths.dataset(setup.root, plan.name), seed=seed, offline=plan.pretrain, device=setup.device,
                    logger=logger, checkpoint=seed_dir / "state.pt", progress=False)
     except Diverged as err:
         raise err.named(f"finetune {plan.name} seed {seed}", learning_rate_setting(plan, "finetune", setup.hparams))
     save_policy(seed_dir / "policy.pt", run.trainer, cfg)
     run.write_curve(seed_dir / "curve.csv")
+    run.write_dynamics(seed_dir / "dynamics.csv")
     (seed_dir / "state.pt").unlink()  # the buffer makes it large; the result is all we keep
     return {"task": plan.name, "seed": seed, **run.scores(), "rounds": run.final["round"],
             "num_updates": run.num_updates, "hparams": setup.hparams}
@@ -113,3 +118,31 @@ def sac(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:
     run.write_curve(seed_dir / "curve.csv")
     (seed_dir / "state.pt").unlink()
     return {"task": plan.name, "seed": seed, **run.scores(), "num_updates": run.num_updates}
+
+
+def g_eval_sweep(setup: Setup, finetuned: Path, values: tuple[float, ...], seed: int, seed_dir: Path,
+                 logger) -> dict[str, Any]:
+    """Figure 4.2 / 5.2 (left) for one seed: its pretrained checkpoint (`setup.pretrained`) and its finetuned policy
+    (`finetuned`/seed_<k>/policy.pt) each evaluated at every g_eval in `values`, with their phase's context length
+    and episodes, on the same episode seeds throughout; leaves sweep.csv (phase, g_eval, scores)."""
+    from odt.checkpoint import load_checkpoint, load_policy
+    from odt.envs import vector_env
+    from odt.evaluation import eval_seeds, evaluate, score
+    from odt.trainer import ODTTrainer
+
+    plan, start = setup.plan, time.perf_counter()
+    trainer = ODTTrainer.from_state(load_checkpoint(paths.pretrained(setup.root, plan.name, seed, setup.pretrained))
+                                    ["trainer"], device=setup.device, data=paths.dataset(setup.root, plan.name))
+    model, info = load_policy(finetuned / f"seed_{seed}" / "policy.pt")
+    policies = {"pretrained": (trainer.model.eval(), trainer.state_mean, trainer.state_std, plan.pretrain),
+                "finetuned": (model.to(trainer.device), info["state_mean"], info["state_std"], plan.finetune)}
+    rows = []
+    for phase, (policy, mean, std, cfg) in policies.items():
+        envs = vector_env(plan.env_fn(setup.root), cfg.eval_episodes)
+        for g in values:
+            result = evaluate(policy, envs, target_return=g, seeds=eval_seeds(seed, 0, cfg.eval_episodes),
+                              state_mean=mean, state_std=std, context_len=cfg.eval_context_len)
+            rows.append({"phase": phase, "g_eval": g, **score(result, plan.name)})
+        envs.close()
+    curves.write_csv(seed_dir / "sweep.csv", rows, ["phase", "g_eval", *curves.SCORES])
+    return {"task": plan.name, "seed": seed, "values": list(values), "wall_time": time.perf_counter() - start}

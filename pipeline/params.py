@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -124,6 +125,53 @@ class TaskBlock(_Strict):
 
 
 BASELINES = ("dt", "iql", "sac")
+Block = dict[Literal["model", "pretrain", "finetune"], dict[str, Any]]  # what a variant of a task may override
+
+
+class VariantParams(_Strict):
+    """A variant: overrides of a task's model, pretrain and finetune blocks (keys as those blocks spell them), and
+    per task (`per_task.<task>`, merged after them) where a value depends on the task (Fig. D.1's expert return)."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    pretrain: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any] = Field(default_factory=dict)
+    per_task: dict[str, Block] = Field(default_factory=dict)
+
+    def blocks(self, task: str) -> Block:
+        own = self.per_task.get(task, {})
+        return {k: {**getattr(self, k), **own.get(k, {})} for k in ("model", "pretrain", "finetune")}
+
+
+class ExperimentParams(_Strict):
+    """One of the paper's experiments (`experiments.<id>`, DVC stage experiment@<id>, README "The paper's claims").
+
+    `variants` (kind variants): named overrides of each task's model, pretrain and finetune blocks; every variant
+    pretrains and finetunes its `seeds` seeds, and a phase equal to one already computed (another variant's or
+    experiment's) is reused. `g_eval` (kind g_eval): the values the pretrained and the finetuned policies of the
+    task's own settings are evaluated at. Kind sampling: Fig. F.1 over each task's dataset, no training.
+    """
+
+    kind: Literal["variants", "g_eval", "sampling"] = "variants"
+    tasks: list[str]
+    seeds: PosInt = 5
+    variants: dict[str, VariantParams] = Field(default_factory=dict)
+    g_eval: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentParams:
+        if not self.tasks:
+            raise ValueError("tasks is empty: list the tasks it runs on")
+        if self.kind == "variants" and not self.variants:
+            raise ValueError("kind variants needs variants: name them, each with its overrides ({} for none)")
+        if self.kind == "g_eval" and not self.g_eval:
+            raise ValueError("kind g_eval needs g_eval: the values to evaluate at")
+        bad = [v for v in self.variants if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]*", v)]
+        if bad:
+            raise ValueError(f"variant name {bad[0]!r}: use letters, digits and . _ = - (it names a directory)")
+        for name, v in self.variants.items():
+            if stray := set(v.per_task) - set(self.tasks):
+                raise ValueError(f"variants.{name}.per_task names '{sorted(stray)[0]}', which is not in its tasks")
+        return self
 
 
 class Params(_Strict):
@@ -136,17 +184,23 @@ class Params(_Strict):
     tune: TuneParams = TuneParams()
     baselines: dict[Literal["dt", "iql", "sac"], list[str]] = Field(default_factory=dict)  # the tasks each runs on
     tasks: dict[str, TaskBlock]
+    experiments: dict[str, ExperimentParams] = Field(default_factory=dict)  # the paper's other experiments
 
     @model_validator(mode="after")
     def _check(self) -> Params:
         if not self.tasks:
             raise ValueError("tasks is empty: list at least one task")
+        dotted = [e for e in self.experiments if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", e)]
+        if dotted:  # DVC reads a dot in a params key as nesting: experiments.fig5.4 would be experiments/fig5/4
+            raise ValueError(f"experiments: '{dotted[0]}' is not a usable name: letters, digits, _ and - only "
+                             "(fig5-4 for Figure 5.4)")
         # first: what it breaks (a baseline listing the right name) comes after
         if misspelt := unknown_task(self.tasks):
             raise ValueError(f"tasks.{misspelt[0]}: {misspelt[1]}")
         for where, names in [
             ("tune.tasks", self.tune.tasks),
             *((f"baselines.{b}", t) for b, t in self.baselines.items()),
+            *((f"experiments.{e}.tasks", x.tasks) for e, x in self.experiments.items()),
         ]:
             unknown = [t for t in names if t not in self.tasks]
             if unknown:
@@ -187,13 +241,21 @@ class TaskPlan:
         return dataset_env_fn(self.name, self.env_version, paths.dataset_meta(root, self.name))
 
 
-def plan_task(params: Params, name: str) -> TaskPlan:
+def plan_task(params: Params, name: str, variant: tuple[str, str] | None = None) -> TaskPlan:
     """Build ModelConfig and both phase configs of one task, then check them against each other; one-line
-    ConfigError on a bad value or on settings that cannot mean what they say together."""
+    ConfigError on a bad value or on settings that cannot mean what they say together.
+
+    `variant` (experiment, variant name): the task with that variant's overrides of its model, pretrain and
+    finetune blocks; errors then name the override's key."""
     if name not in params.tasks:
         raise ConfigError(f"task '{name}' is not in params.yaml (tasks: {', '.join(params.tasks)})")
     block = params.tasks[name]  # its name is a known task: Params checked every key under tasks
     where, prefix = f"params.yaml tasks.{name}", f"tasks.{name}"
+    if variant is not None:
+        overrides = params.experiments[variant[0]].variants[variant[1]].blocks(name)
+        block = block.model_copy(update={k: {**getattr(block, k), **v} for k, v in overrides.items()})
+        prefix = f"experiments.{variant[0]}.variants.{variant[1]}"
+        where = f"params.yaml {prefix}"
     model = task_model(name, block.model, f"{where}.model")
     phases = {phase: validate(cls, getattr(block, phase), f"{where}.{phase}") for phase, cls in PHASES.items()}
     check_lengths(name, model, f"{prefix}.model", {f"{prefix}.{phase}": cfg for phase, cfg in phases.items()})
@@ -351,4 +413,14 @@ def load_params(path: str | Path = "params.yaml", tasks: list[str] | None = None
         raise ConfigError(f"{path} does not exist; write it with `python -m pipeline.profile quick`")
     params = parse_params(read_yaml(path), str(path))
     names = list(params.tasks) if tasks is None else tasks
-    return params, {name: plan_task(params, name) for name in names}
+    plans = {name: plan_task(params, name) for name in names}
+    plan_variants(params)  # after the tasks: a bad value of a task is named as the task's key, not a variant's
+    return params, plans
+
+
+def plan_variants(params: Params) -> None:
+    """Build every experiment variant's plan: a bad override is one ConfigError line now, not when its stage runs."""
+    for experiment, spec in params.experiments.items():
+        for variant in spec.variants:
+            for task in spec.tasks:
+                plan_task(params, task, (experiment, variant))

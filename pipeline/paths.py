@@ -50,17 +50,18 @@ def run_dir(root: Path, task: str, stage: str) -> Path:
     return Path(root) / "runs" / task / stage
 
 
-def pretrained(root: Path, task: str, seed: int) -> Path:
-    """The checkpoint pretraining seed k leaves, which finetuning seed k starts from."""
-    return run_dir(root, task, "pretrain") / f"seed_{seed}" / "checkpoint.pt"
+def pretrained(root: Path, task: str, seed: int, where: Path | None = None) -> Path:
+    """The checkpoint pretraining seed k leaves, which finetuning seed k starts from: in runs/<task>/pretrain/, or in
+    `where` (the work directory of an experiment's pretraining)."""
+    return (where or run_dir(root, task, "pretrain")) / f"seed_{seed}" / "checkpoint.pt"
 
 
-def existing_checkpoints(root: Path, task: str, seeds: int) -> list[Path]:
+def existing_checkpoints(root: Path, task: str, seeds: int, where: Path | None = None) -> list[Path]:
     """pretrained() of seeds 0..seeds-1, checked once, before any seed or MLflow run starts: missing
     (FileNotFoundError) or damaged (CheckpointError) is one line naming it."""
     from odt.checkpoint import check_checkpoint
 
-    checkpoints = [pretrained(root, task, s) for s in range(seeds)]
+    checkpoints = [pretrained(root, task, s, where) for s in range(seeds)]
     missing = [c for c in checkpoints if not c.is_file()]
     if missing:
         raise FileNotFoundError(f"pretrained checkpoint {missing[0]} does not exist; "
@@ -73,3 +74,9 @@ def existing_checkpoints(root: Path, task: str, seeds: int) -> list[Path]:
 def work_root(root: Path, task: str) -> Path:
     """Resumable state; not a DVC output, so a rerun of the stage finds it after DVC cleans the outputs."""
     return Path(root) / ".cache" / "work" / task
+
+
+def experiment_dir(root: Path, name: str) -> Path:
+    """runs/experiments/<name>/: an experiment's published results, <task>/<variant>/<phase>/ (pipeline/experiment.py);
+    its summary is runs/experiments/<name>.json."""
+    return Path(root) / "runs" / "experiments" / name

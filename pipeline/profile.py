@@ -34,6 +34,7 @@ from pipeline.params import (
     _Strict,
     parse_params,
     plan_task,
+    plan_variants,
     read_yaml,
     tuned_path,
 )
@@ -61,6 +62,7 @@ class Profile(_Strict):
     tasks: list[str]
     defaults: dict[str, dict[str, Any]]
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    experiments: dict[str, dict[str, Any]] = Field(default_factory=dict)  # params.yaml's, as they are
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -107,10 +109,12 @@ def resolve(name: str, raw: Any, *, use_tuned: bool | None = None) -> dict[str, 
         **prof.model_dump(include={"parallel", "tune"}),
         "baselines": {b: baseline_tasks(b, prof.tasks) for b in prof.baselines},
         "tasks": tasks,
+        "experiments": prof.experiments,
     }
     params = parse_params(out, where)
     for task in params.tasks:
         plan_task(params, task)
+    plan_variants(params)
     return out
 
 

@@ -47,6 +47,11 @@ class Stage:
     step: int = 0  # the MLflow step of the summary: updates or online samples
     tags: dict[str, Any] = field(default_factory=dict)  # on the stage's MLflow runs, beside stage_tags'
     extra: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda results: {}  # the summary's own keys
+    # an experiment's variant (experiment, variant): its own MLflow runs, tagged with both, published in `out`
+    # (runs/experiments/<experiment>/<task>/<variant>/<name>/); the work directory is keyed by `key` alone, so
+    # variants (of any experiment) that share a phase share its seeds' work
+    variant: tuple[str, str] | None = None
+    out: Path | None = None  # where the seeds' files go; None: runs/<task>/<name>/
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
@@ -64,11 +69,12 @@ def run(stage: Stage, *, track: bool = True) -> dict[str, Any]:
     key = {**stage.key, "torch_threads": threads}  # torch's CPU results depend on it
     fp = caching.fingerprint(key)
     work = paths.work_root(stage.root, stage.task) / f"{stage.name}-{fp}"
-    what = f"{stage.name} {stage.task}"
+    what = f"{stage.name} {stage.task}" + (f" ({'/'.join(stage.variant)})" if stage.variant else "")
     with heartbeat.heartbeat(work, what) as hb:
         pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
         workers = max(1, min(workers, len(pending)))
-        how: dict[str, Any] = {"work_dir": work, "tracker": None, "exp": None, "key": f"{stage.name}:{fp}",
+        mlflow_key = f"{stage.name}:{fp}" + (f":{'/'.join(stage.variant)}" if stage.variant else "")
+        how: dict[str, Any] = {"work_dir": work, "tracker": None, "exp": None, "key": mlflow_key,
                                "parent": None, "children": {}}
         try:
             if track:
@@ -96,8 +102,10 @@ def _open_runs(stage: Stage, how: dict[str, Any], key: dict[str, Any], pending: 
     before a crash but was not yet published is published now. `how` records each step as it is taken."""
     tracker = how["tracker"] = Tracker(stage.root)
     exp = how["exp"] = tracker.experiment(f"odt/{stage.task}")
-    tags = stage_tags(stage.root, stage.params.profile, f"{stage.name}@{stage.task}", task=stage.task, **ran,
-                      algorithm=key.get("algorithm", stage.name), **stage.tags)
+    variant = dict(zip(("experiment", "variant"), stage.variant or ()))
+    dvc_stage = f"experiment@{stage.variant[0]}" if stage.variant else f"{stage.name}@{stage.task}"
+    tags = stage_tags(stage.root, stage.params.profile, dvc_stage, task=stage.task, **ran,
+                      algorithm=key.get("algorithm", stage.name), **variant, **stage.tags)
     run_params = flat({k: v for k, v in key.items() if k != "stage"})
     parent = how["parent"] = tracker.open(exp, how["key"], stage.name, tags, run_params)[0]
     for s in range(stage.params.seeds):
@@ -191,7 +199,7 @@ def _publish(stage: Stage, how: dict[str, Any], results: list[dict[str, Any]]) -
     writing (a full disk) leaves the old pair; a kill between the two renames leaves a
     mix that DVC sees as an unfinished stage and re-runs (tests/test_pipeline_e2e.py).
     """
-    out = paths.run_dir(stage.root, stage.task, stage.name)
+    out = stage.out or paths.run_dir(stage.root, stage.task, stage.name)
     summary = {"task": stage.task, **curves.summarize(results), **stage.extra(results)}
     summary_path, work = out.parent / f"{stage.name}.json", how["work_dir"]
     try:

@@ -59,7 +59,7 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     root = tmp_path_factory.mktemp("pretrained")
     raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
     raw["seeds"] = FT_SEEDS
-    raw["tasks"], raw["baselines"] = {FT_TASK: raw["tasks"][FT_TASK]}, {}
+    raw["tasks"], raw["baselines"], raw["experiments"] = {FT_TASK: raw["tasks"][FT_TASK]}, {}, {}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     (root / "data" / FT_TASK).mkdir(parents=True)
     shutil.copy(hopper_random_hdf5, paths.dataset(root, FT_TASK))
@@ -76,7 +76,7 @@ def fetched(tmp_path, hopper_random_hdf5) -> Path:
     raw = yaml.safe_load(render("tiny", root=Path(__file__).resolve().parents[1]))
     raw["seeds"], raw["parallel"]["n_jobs"] = 1, 1
     raw["tasks"] = {TASK: raw["tasks"][TASK]}
-    raw["baselines"] = {"dt": [TASK], "iql": [TASK]}
+    raw["baselines"], raw["experiments"] = {"dt": [TASK], "iql": [TASK]}, {}
     (root / "data").mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     fetch_task(TASK, "file", root / "data" / TASK, path=hopper_random_hdf5, progress=False)

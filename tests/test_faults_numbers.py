@@ -30,7 +30,7 @@ SEEDS = 2
 def test_a_diverging_pretraining_is_one_line_exit_1_and_publishes_nothing(tmp_path, hopper_random_hdf5):
     root = tmp_path / "repo"
     raw = yaml.safe_load(render("tiny", root=ROOT))
-    raw["seeds"], raw["tasks"], raw["baselines"] = SEEDS, {TASK: raw["tasks"][TASK]}, {}
+    raw["seeds"], raw["tasks"], raw["baselines"], raw["experiments"] = SEEDS, {TASK: raw["tasks"][TASK]}, {}, {}
     raw["tasks"][TASK]["pretrain"] |= {"learning_rate": 1e3, "log_every": 1, "checkpoint_every": 1}
     (root / "data" / TASK).mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))

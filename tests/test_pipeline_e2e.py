@@ -2,7 +2,9 @@
 
 fetch -> pretrain -> finetune, dt, iql, sac (10 seeds each) -> report for two tasks, a real
 MLflow sqlite store and a small study; then a second `dvc repro` that must do nothing, and a
-changed finetuning parameter that must re-run that task's finetuning and the report only.
+changed finetuning parameter that must re-run that task's finetuning and the report only. The
+paper's other experiments (every one, 2 seeds, on the replay task) run in the same `dvc repro`:
+each variant its own runs, and a changed variant re-runs alone.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["hopper-medium-v2", "hopper-medium-replay-v2"]
 SEEDS = 10
 TUNE_TRIALS = 3
+EXPERIMENTS = ["fig4-1", "fig4-2", "fig5-1", "fig5-2", "fig5-3", "fig5-4", "figA-1", "figB-1", "figB-2", "figD-1",
+               "figF-1", "figG-1"]  # the tiny profile's: every experiment of the paper
+EXPERIMENT_STAGES = {f"experiment@{e}" for e in EXPERIMENTS}
 # what a fresh clone has, plus work in progress; not the outputs of an earlier run here
 SKIP = re.compile(r"^(dvc\.lock|params\.yaml|reports/|mlflow\.db|mlruns/|mlartifacts/)")
 
@@ -110,7 +115,8 @@ def test_dashboards_show_the_runs_the_study_and_the_curves_in_a_browser(repro, t
 def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     repo, uri, env, dvc, commit, out = (repro[k] for k in ("repo", "uri", "env", "dvc", "commit", "out"))
     per_task = {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune", "dt", "iql") for t in TASKS}
-    assert stages_run(out) == per_task | {"params", f"sac@{TASKS[0]}", "report"}  # SAC once per environment
+    # SAC once per environment
+    assert stages_run(out) == per_task | {"params", f"sac@{TASKS[0]}", "report"} | EXPERIMENT_STAGES
     assert (repo / "dvc.lock").is_file()
 
     # the table: all eight columns of Table 5.1 for every task, each over 10 seeds, the paper's beside ours
@@ -185,6 +191,8 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     for task in TASKS:
         by_stage = {}
         for r in runs(f"odt/{task}"):
+            if "experiment" in r.data.tags:  # the paper's other experiments: test_experiments_...
+                continue
             by_stage.setdefault(r.data.tags["dvc_stage"], []).append(r)
             pruned = r.data.tags.get("optuna.state") == "PRUNED"  # a pruned trial's run ends KILLED
             assert r.info.status == ("KILLED" if pruned else "FINISHED")
@@ -230,9 +238,13 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     old_summary = (repo / "runs" / TASKS[0] / "finetune.json").read_bytes()
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(dvc, "repro", cwd=repo, env=env)
-    assert stages_run(out) == {"params", f"finetune@{TASKS[0]}", "report"}, out  # the check, then what the key touches
+    # the check, then what the key touches; the experiments read every task's blocks, so DVC re-runs them, but
+    # theirs (on the other task) did not change: each finds every seed done and only publishes again
+    assert stages_run(out) == {"params", f"finetune@{TASKS[0]}", "report"} | EXPERIMENT_STAGES, out
+    assert re.findall(r"\((fig[^)]+)\): (\d+) of", out) and all(
+        n == "0" for _, n in re.findall(r"\((fig[^)]+)\): (\d+) of", out)), out
     assert len(runs(f"odt/{TASKS[0]}")) == counts[TASKS[0]] + 1 + SEEDS  # a new parent and its seeds
-    assert len(runs(f"odt/{TASKS[1]}")) == counts[TASKS[1]]
+    assert len(runs(f"odt/{TASKS[1]}")) == counts[TASKS[1]]  # the experiments' runs found again, none new
     assert len(runs("odt/report")) == 2
     new = pd.read_csv(repo / "reports" / "results.csv").set_index("task")
     assert new.loc[TASKS[1], "odt_online_mean"] == table.loc[TASKS[1], "odt_online_mean"]
@@ -277,3 +289,72 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     assert outputs() == before
     params_path.write_text(good)
     assert stages_run(sh(dvc, "repro", cwd=repo, env=env)) == set()  # fixed: nothing to do
+
+
+def variant_dirs(repo: Path, experiment: str) -> dict[str, dict[str, bytes]]:
+    """Every file an experiment published, by variant directory."""
+    root = repo / "runs" / "experiments" / experiment / TASKS[1]
+    return {d.name: {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+            for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+@pytest.mark.slow
+def test_experiments_run_every_variant_apart_and_rerun_only_the_changed_one(repro):
+    repo, uri, env, dvc = (repro[k] for k in ("repo", "uri", "env", "dvc"))
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name(f"odt/{TASKS[1]}").experiment_id
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+
+    def tagged(experiment: str) -> list:
+        return client.search_runs([exp_id], f"tags.experiment = '{experiment}'", max_results=1000)
+
+    # every experiment: its summary, a plot, and a variant directory per variant with its seeds' files
+    for name in EXPERIMENTS:
+        spec = params["experiments"][name]
+        summary = json.loads((repo / "runs" / "experiments" / f"{name}.json").read_text())
+        assert summary["experiment"] == name and list(summary["tasks"]) == [TASKS[1]]
+        assert is_png(repo / "reports" / "experiments" / f"{name}-{TASKS[1]}.png"), name
+        if spec.get("kind") == "sampling":
+            table = pd.read_csv(repo / "runs" / "experiments" / name / TASKS[1] / "sampling.csv")
+            assert len(table) == 30 and table["p_length"].sum() == pytest.approx(1.0)  # the tiny file's 30 episodes
+            continue
+        variants = list(spec.get("variants", {"base": {}}))
+        published = variant_dirs(repo, name)
+        for v in variants:
+            assert {f"{phase}/seed_{k}/{f}" for phase in ("pretrain", "finetune") for k in range(2)
+                    for f in ("curve.csv", "dynamics.csv", "result.json")} <= set(published[v]), (name, v)
+        # MLflow: a parent run per variant and phase, and a child per seed, tagged with experiment and variant
+        found = tagged(name)
+        assert {(r.data.tags["variant"], r.data.tags["dvc_stage"]) for r in found} == {
+            (v, f"experiment@{name}") for v in variants}
+        phases = 3 if spec.get("kind") == "g_eval" else 2
+        assert len(found) == len(variants) * phases * (1 + 2), name
+    sweep = pd.read_csv(repo / "runs" / "experiments" / "fig4-2" / TASKS[1] / "g_eval" / "seed_0" / "sweep.csv")
+    assert sorted(sweep["g_eval"].unique()) == [1000, 3600, 7200] and set(sweep["phase"]) == {"pretrained", "finetuned"}
+    claims = pd.read_csv(repo / "reports" / "experiments" / "claims.csv")
+    assert set(claims["experiment"]) == set(EXPERIMENTS)
+    assert set(claims["verdict (final)"]) <= {"holds", "inside the spread", "does not hold"}
+    assert "The paper's claims, checked" in (repo / "reports" / "experiments" / "claims.md").read_text()
+
+    # the two arms of fig5-4 are separate runs: relabelling off stored other RTGs, so other losses
+    both = variant_dirs(repo, "fig5-4")
+    assert both["relabel"]["pretrain/seed_0/result.json"] == both["no-relabel"]["pretrain/seed_0/result.json"]
+    assert both["relabel"]["finetune/seed_0/dynamics.csv"] != both["no-relabel"]["finetune/seed_0/dynamics.csv"]
+
+    # one variant's override changed: that experiment and the report run; of its variants only that one computes
+    params["experiments"]["fig5-4"]["variants"]["no-relabel"]["finetune"]["updates_per_round"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before, n_runs = variant_dirs(repo, "fig5-4"), len(tagged("fig5-4"))
+    out = sh(dvc, "repro", cwd=repo, env=env)
+    assert stages_run(out) == {"params", "experiment@fig5-4", "report"}, out
+    ran = dict(re.findall(r"^(\w+ \S+ \(fig5-4/[^)]+\)): (\d+) of", out, flags=re.M))
+    expected = {("pretrain", "relabel"): "0", ("finetune", "relabel"): "0", ("pretrain", "no-relabel"): "0",
+                ("finetune", "no-relabel"): "2"}
+    assert ran == {f"{phase} {TASKS[1]} (fig5-4/{v})": n for (phase, v), n in expected.items()}, out
+    after = variant_dirs(repo, "fig5-4")
+    assert after["relabel"] == before["relabel"]
+    assert after["no-relabel"]["finetune/seed_0/result.json"] != before["no-relabel"]["finetune/seed_0/result.json"]
+    for k in range(2):
+        r = json.loads(after["no-relabel"][f"finetune/seed_{k}/result.json"])
+        assert r["num_updates"] == 20 + 4 * r["rounds"]
+    assert len(tagged("fig5-4")) == n_runs + 1 + 2  # the changed variant's new finetune parent and its seeds

@@ -304,3 +304,35 @@ def test_a_profile_extending_an_unknown_or_itself_is_one_line(tmp_path):
         render("a", root=tmp_path)
     with pytest.raises(ConfigError, match="a cycle"):
         render("b", root=tmp_path)
+
+
+def test_experiments_resolve_each_variant_and_a_bad_one_is_one_line(tmp_path):
+    params = parse_params(resolved("paper"))
+    assert set(params.experiments) >= {"fig4-1", "fig4-2", "fig5-1", "fig5-2", "fig5-3", "fig5-4", "figA-1",
+                                       "figB-1", "figB-2", "figD-1", "figF-1", "figG-1"}
+    fig51 = {v: plan_task(params, "hopper-medium-v2", ("fig5-1", v)) for v in params.experiments["fig5-1"].variants}
+    assert [p.model.stochastic for p in fig51.values()] == [True, False, True, False]
+    assert fig51["stochastic-large"] == plan_task(params, "hopper-medium-v2")  # no overrides: the task itself
+    expert = {t: plan_task(params, t, ("figD-1", "expert")).finetune.g_online
+              for t in params.experiments["figD-1"].tasks}
+    assert expert["walker2d-medium-v2"] == 5000 and expert["hopper-medium-v2"] == 3600  # per task: the expert return
+    assert plan_task(params, "walker2d-medium-v2", ("figG-1", "lambda=100")).pretrain.init_temperature == 100
+    # lambda and the warmup continue into finetuning (the authors' code), as the paper profile says
+    hm = plan_task(params, "hopper-medium-v2").finetune
+    assert hm.init_temperature is None and not hm.restart_warmup
+    raw = resolved("tiny")
+    path = tmp_path / "params.yaml"
+    for change, message in [
+        (lambda r: r["experiments"]["fig5-4"]["variants"]["no-relabel"]["finetune"].update(hindsight_relabl=False),
+         r"experiments.fig5-4.variants.no-relabel.finetune: unknown field 'hindsight_relabl'"),
+        (lambda r: r["experiments"]["fig5-4"]["variants"]["no-relabel"].update(dt={}), r"unknown field"),
+        (lambda r: r["experiments"].update({"fig5.4": r["experiments"].pop("fig5-4")}), r"'fig5.4' is not a usable"),
+        (lambda r: r["experiments"]["fig5-4"].update(tasks=["walker2d-medium-v2"]), r"not in tasks"),
+        (lambda r: r["experiments"]["fig4-2"].update(g_eval=[]), r"kind g_eval needs g_eval"),
+    ]:
+        bad = yaml.safe_load(yaml.safe_dump(raw))
+        change(bad)
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=message) as err:
+            load_params(path)
+        assert "\n" not in str(err.value)

@@ -33,6 +33,7 @@ def write_params(root: Path, name: str, **tune_values) -> Path:
     raw = yaml.safe_load(render("tiny", root=ROOT))
     raw["tasks"] = {TASK: raw["tasks"][TASK]}
     raw["baselines"] = {name: [t for t in tasks if t == TASK] for name, tasks in raw["baselines"].items()}
+    raw["experiments"] = {}
     raw["tune"] |= {"pretrain_updates": 40, "eval_every": 10, "pruner": "none", **tune_values}  # every trial completes
     path = root / name
     path.write_text(yaml.safe_dump(raw))
