@@ -94,8 +94,12 @@ def save_policy(path: str | os.PathLike, trainer: Any, cfg: EvalConfig | None = 
 
 
 def load_policy(path: str | os.PathLike) -> tuple[DecisionTransformer, dict[str, Any]]:
-    """(model in eval mode, the rest of a `save_policy` file) for odt.evaluation.evaluate."""
+    """(model in eval mode, the rest of a `save_policy` file) for odt.evaluation.evaluate; from a loop's checkpoint,
+    its trainer's model and state normaliser (and task)."""
     state = load_checkpoint(path)
+    if "trainer" in state:
+        state = {k: v for k, v in state["trainer"].items() if k in ("task", "model_config", "model", "state_mean",
+                                                                     "state_std")}
     model = DecisionTransformer(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     info = {k: v for k, v in state.items() if k not in ("model", "model_config")}

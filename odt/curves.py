@@ -23,8 +23,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
+    """The rows `write_csv` wrote: numbers as floats, empty cells left out, text (a sweep's phase) kept."""
+    def value(v: str) -> float | str:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        return [{k: value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def aggregate(

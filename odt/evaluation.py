@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -257,6 +257,14 @@ def run_episodes(
 def evaluate(model: DecisionTransformer, envs: gym.vector.VectorEnv, **kwargs) -> RolloutResult:
     """Evaluation rollouts: the policy's mean action, one episode per environment."""
     return rollout(model, envs, sample=False, **kwargs)
+
+
+def g_eval_sweep(model: DecisionTransformer, envs: gym.vector.VectorEnv, values: Sequence[float], *, seed: int,
+                 task: str | None = None, **kwargs) -> list[dict[str, float]]:
+    """Figure 4.2: the policy evaluated at each g_eval in `values`, every time on the episodes of evaluation 0 of
+    run `seed`, so that only the return asked for changes; a row per value (g_eval, then `score`'s keys)."""
+    seeds = eval_seeds(seed, 0, envs.num_envs)
+    return [{"g_eval": g, **score(evaluate(model, envs, target_return=g, seeds=seeds, **kwargs), task)} for g in values]
 
 
 def score(result: RolloutResult, task: str | None = None) -> dict[str, float]:

@@ -13,23 +13,28 @@ update is logged and no checkpoint is written after it.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from odt.checkpoint import load_checkpoint, save_checkpoint
 from odt.config import EvalConfig, FinetuneConfig, ModelConfig, PretrainConfig
 from odt.data import conditioned_returns_to_go
 from odt.envs import check_dims, vector_env
+from odt.evaluation import RolloutResult
 from odt.logger import Logger, NullLogger
 from odt.replay import TrajectoryReplayBuffer
 from odt.runs import Data, EnvFn, Run, headline, names_divergence, resume, trajectories
 from odt.trainer import ODTTrainer
 
-DYNAMICS = ("loss", "nll", "entropy", "temperature")  # the training metrics a run's dynamics keep
+# what a run's dynamics keep of a logged row: where in finetuning, then the training metrics
+DYNAMICS = ("round", "online_samples", "g_online", "loss", "nll", "entropy", "temperature")
 
 
 @names_divergence("pretrain")
@@ -70,7 +75,7 @@ def pretrain(data: Data, model_cfg: ModelConfig, cfg: PretrainConfig, env_fn: En
                 metrics |= evaluation
                 logger.report(headline(evaluation), step, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, step)
-            dynamics.append(_dynamics({"updates": step}, metrics))
+            dynamics.append(_dynamics(step, metrics))
             if last or step % cfg.checkpoint_every == 0:  # the buffer is the offline data: not copied
                 _save(checkpoint, trainer, buffer=False, evaluations=evaluations, dynamics=dynamics,
                       wall_time=time.perf_counter() - start)
@@ -102,8 +107,7 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
     if state is None:  # the starting policy scored: the offline score, and the curve's first point
         start = time.perf_counter()
         offline_score, first = _score_start(trainer, cfg, offline, env_fn, eval_envs)
-        evaluations, rounds, online_samples = [{"round": 0, "online_samples": 0, **first}], 0, 0
-        dynamics = []
+        evaluations, rounds, online_samples, dynamics = [{"round": 0, "online_samples": 0, **first}], 0, 0, []
         logger.report(headline(first), trainer.num_updates, cfg.online_samples == 0)
         logger.log({"online_samples": 0, **{k.replace("eval_", "offline_"): v for k, v in offline_score.items()},
                     **first, "wall_time": time.perf_counter() - start}, trainer.num_updates)
@@ -117,11 +121,7 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
     with tqdm(total=budget, initial=min(online_samples, budget), desc="finetune", unit="step", disable=not progress,
               mininterval=1.0) as bar:
         while online_samples < budget:
-            g_online = trainer.exploration_rtg(cfg)  # fixed, or the curriculum's percentile of the buffer's returns
-            result = trainer.explore(explore_envs, cfg, g_online)
-            # hindsight relabelling: the RTGs achieved; without it, those the rollout was conditioned on
-            trainer.buffer.add(result.trajectories, None if cfg.hindsight_relabel else
-                               [conditioned_returns_to_go(t.rewards, g_online) for t in result.trajectories])
+            result, g_online = _explore(trainer, explore_envs, cfg)
             bar.update(min(online_samples + int(result.lengths.sum()), budget) - online_samples)
             online_samples += int(result.lengths.sum())
             rounds += 1
@@ -136,8 +136,7 @@ def finetune(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, env_fn: E
                 bar.set_postfix(eval_return=f"{evaluation['eval_return']:.1f}", refresh=False)
                 logger.report(headline(evaluation), trainer.num_updates, last)
             logger.log({**metrics, "wall_time": time.perf_counter() - start}, trainer.num_updates)
-            dynamics.append(_dynamics({"updates": trainer.num_updates, "round": rounds,
-                                       "online_samples": online_samples, "g_online": g_online}, metrics))
+            dynamics.append(_dynamics(trainer.num_updates, metrics))
             if last or rounds % cfg.checkpoint_every_rounds == 0:
                 _save(checkpoint, trainer, buffer=True, evaluations=evaluations, offline=offline_score, rounds=rounds,
                       online_samples=online_samples, dynamics=dynamics, wall_time=time.perf_counter() - start)
@@ -155,9 +154,11 @@ def _online_trainer(pretrained: ODTTrainer | str | Path, cfg: FinetuneConfig, *,
         trainer = ODTTrainer.from_state(load_checkpoint(pretrained)["trainer"], device=device, data=data)
     else:
         trainer = pretrained.copy()
-    trainer.switch_phase(cfg, restart_warmup=cfg.restart_warmup)
-    if cfg.init_temperature is not None:  # else lambda continues from pretraining
-        trainer.restart_temperature(cfg.init_temperature)
+    if cfg.init_temperature is not None:  # lambda restarts there, with fresh moments; else it continues
+        with torch.no_grad():
+            trainer.log_temperature.fill_(math.log(cfg.init_temperature))
+        trainer.temperature_optimizer.state.clear()
+    trainer.switch_phase(cfg, restart_warmup=cfg.restart_warmup)  # (a CUDA graph is captured again after it)
     trainer.reseed(seed)
     # top-N offline (or N drawn with the seed's training RNG)
     trainer.buffer = TrajectoryReplayBuffer(cfg.buffer_size, trainer.buffer.trajectories, init=cfg.buffer_init,
@@ -177,10 +178,29 @@ def _score_start(trainer: ODTTrainer, cfg: FinetuneConfig, offline: EvalConfig |
     return trainer.evaluate(offline_envs, offline, index=0), trainer.evaluate(eval_envs, cfg, index=0)
 
 
-def _dynamics(at: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
-    """A row of the training dynamics (Fig. 4.1, G.1): where (`at`), then the loss, NLL, entropy and lambda averaged
-    over the updates since the last row (a deterministic model has the loss only)."""
-    return at | {k: metrics[k] for k in DYNAMICS if k in metrics}
+def exploration_rtg(cfg: FinetuneConfig, buffer: TrajectoryReplayBuffer) -> float:
+    """The RTG a round explores with: g_online, or with `curriculum_percentile` q the q-th percentile of the returns
+    of the trajectories in the buffer now (Sec. 5.2, Fig. 5.3)."""
+    if cfg.curriculum_percentile is None:
+        return float(cfg.g_online)
+    return float(np.percentile(buffer.returns, cfg.curriculum_percentile))
+
+
+def _explore(trainer: ODTTrainer, envs: gym.vector.VectorEnv, cfg: FinetuneConfig) -> tuple[RolloutResult, float]:
+    """One round's rollouts, with their exploration RTG, added to the buffer: with the RTGs they achieved (hindsight
+    relabelling) or, with `hindsight_relabel` off, those they were conditioned on."""
+    g_online = exploration_rtg(cfg, trainer.buffer)
+    result = trainer.explore(envs, cfg, g_online)
+    trainer.buffer.add(result.trajectories, None if cfg.hindsight_relabel else
+                       [conditioned_returns_to_go(t.rewards, g_online) for t in result.trajectories])
+    return result, g_online
+
+
+def _dynamics(updates: int, metrics: dict[str, float]) -> dict[str, float]:
+    """A row of the training dynamics (Fig. 4.1, G.1): the update count, where in finetuning (round, online samples,
+    g_online), then loss, NLL, entropy and lambda averaged over the updates since the last row (a deterministic
+    model has the loss only)."""
+    return {"updates": updates} | {k: metrics[k] for k in DYNAMICS if k in metrics}
 
 
 def _envs(env_fn: EnvFn, n: int, trainer: ODTTrainer) -> gym.vector.VectorEnv:

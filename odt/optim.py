@@ -220,17 +220,15 @@ def optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, warmup_steps: Call
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_factor(step, warmup_steps()))
 
 
-def restart_warmup(scheduler: Any) -> None:
-    """The warmup's position back to its first step (either scheduler); the next `switch_values` sets the rate."""
-    if isinstance(scheduler, LinearWarmup):
-        scheduler._t.zero_()
-    else:
-        scheduler.last_epoch, scheduler._step_count = 0, 1
-
-
-def switch_values(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: OptimConfig) -> None:
+def switch_values(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: OptimConfig, *,
+                  restart_warmup: bool = False) -> None:
     """`cfg`'s learning rate, weight decay and LAMB rule on a running optimiser (either kind); moments and the
-    warmup's position are kept, the rate is the new one at that position. Group 1 (biases, norms) keeps no decay."""
+    warmup's position are kept (`restart_warmup`: back to its first step), the rate is the new one at that position.
+    Group 1 (biases, norms) keeps no decay."""
+    if restart_warmup and isinstance(scheduler, LinearWarmup):
+        scheduler._t.zero_()
+    elif restart_warmup:
+        scheduler.last_epoch, scheduler._step_count = 0, 1
     scheduler.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
     optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
     lr = cfg.learning_rate * warmup_factor(scheduler.last_epoch, cfg.warmup_steps)

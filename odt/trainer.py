@@ -60,8 +60,7 @@ class ODTTrainer:
                                                               on_device=self.cuda_graph)
 
         # lambda, the dual variable of the entropy constraint, learned as log lambda
-        # (a FinetuneConfig may leave it None: a trainer built for finetuning starts at OptimConfig's default)
-        init = optim.init_temperature if optim.init_temperature is not None else OptimConfig().init_temperature
+        init = optim.init_temperature or OptimConfig().init_temperature  # a FinetuneConfig's may be None
         self.log_temperature = torch.tensor(math.log(init), device=self.device, requires_grad=True)
         # one scalar: on CUDA the fused kernel is one launch instead of a dozen, and capturable
         self.temperature_optimizer = torch.optim.Adam([self.log_temperature], lr=optim.temperature_lr,
@@ -189,18 +188,11 @@ class ODTTrainer:
         return out
 
     # acting ----------------------------------------------------------------------------
-    def exploration_rtg(self, cfg: FinetuneConfig) -> float:
-        """The RTG this round explores with: g_online, or with `curriculum_percentile` q the q-th percentile of the
-        returns of the trajectories in the buffer now (Sec. 5.2, Fig. 5.3)."""
-        if cfg.curriculum_percentile is None:
-            return float(cfg.g_online)
-        return float(np.percentile(self.buffer.returns, cfg.curriculum_percentile))
-
     def explore(self, envs: gym.vector.VectorEnv, cfg: FinetuneConfig, g_online: float | None = None) -> RolloutResult:
-        """One episode per env with sampled actions, the exploration RTG (`g_online`; default `exploration_rtg`) and
+        """One episode per env with sampled actions, the exploration RTG (`g_online`; default `cfg.g_online`) and
         the evaluation context length. Episode seeds come from the training RNG: each round explores anew."""
         seeds = self.rng.integers(0, 2**31 - 1, size=envs.num_envs).tolist()
-        target = self.exploration_rtg(cfg) if g_online is None else g_online
+        target = cfg.g_online if g_online is None else g_online
         return rollout(self.model, envs, sample=True, target_return=target, seeds=seeds,
                        state_mean=self.state_mean, state_std=self.state_std, context_len=cfg.eval_context_len)
 
@@ -224,21 +216,11 @@ class ODTTrainer:
         temperature's rate); LAMB's moments, the temperature and the warmup's position are kept (`restart_warmup`:
         the warmup starts again from its first step)."""
         self.optim = optim
-        if restart_warmup:
-            optimisers.restart_warmup(self.scheduler)
-        optimisers.switch_values(self.optimizer, self.scheduler, optim)
+        optimisers.switch_values(self.optimizer, self.scheduler, optim, restart_warmup=restart_warmup)
         for group in self.temperature_optimizer.param_groups:
             group["lr"] = optim.temperature_lr
         if self._graph is not None:
             self._graph.reset()  # the graph holds the old values: capture again
-
-    def restart_temperature(self, value: float) -> None:
-        """lambda set to `value`, with fresh Adam moments for it."""
-        with torch.no_grad():
-            self.log_temperature.fill_(math.log(value))
-        self.temperature_optimizer.state.clear()
-        if self._graph is not None:
-            self._graph.reset()
 
     def reseed(self, seed: int) -> None:
         """Fresh training RNG streams (numpy and torch) and evaluation seeds for `seed`."""
@@ -257,7 +239,6 @@ class ODTTrainer:
         Tensors, numbers and strings only, so that a checkpoint loads with weights_only=True."""
         state = {
             "model_config": dataclasses.asdict(self.model_cfg),
-            # OptimConfig's fields; a FinetuneConfig's None (lambda continued) leaves OptimConfig's default there
             "optim": self.optim.model_dump(include=set(OptimConfig.model_fields), exclude_none=True),
             "task": self.task, "seed": self.seed, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -2,19 +2,11 @@
 
     python -m pipeline.experiment --name fig5-4
 
-Kind `variants`: each variant (named overrides of the task's model, pretrain and finetune
-blocks) pretrains and finetunes its seeds through the same path as the pretrain and finetune
-stages (pipeline/seeds.py: in parallel, resumable, a child MLflow run per seed in experiment
-`odt/<task>`, tagged `experiment` and `variant`). A phase is computed once: its work directory
-is keyed by what determines it, so a variant (of this experiment or another) that pretrains
-alike shares the pretraining, and a changed override re-runs that variant alone. Kind
-`g_eval`: the task's own settings, pretrained and finetuned, then every seed's two policies
-evaluated at each g_eval (Fig. 4.2). Kind `sampling`: Fig. F.1 over each task's dataset.
-
-Writes runs/experiments/<id>/<task>/<variant>/{pretrain,finetune}/seed_<k>/{curve.csv,
-dynamics.csv, result.json} beside each phase's summary (.json), g_eval/seed_<k>/sweep.csv or
-sampling.csv, and the experiment's summary runs/experiments/<id>.json (a DVC metrics file).
-The plots and the claims table come from `python -m pipeline.claims`.
+Each variant pretrains and finetunes its seeds as the pretrain and finetune stages do
+(pipeline/seeds.py), its MLflow runs tagged `experiment` and `variant`; a phase that another
+variant or experiment computed alike is reused (README, "The paper's claims, checked"). Kind
+`g_eval` then evaluates every seed's two policies at each g_eval; kind `sampling` is Fig. F.1.
+Writes runs/experiments/<id>/<task>/<variant>/<phase>/seed_<k>/ and runs/experiments/<id>.json.
 """
 from __future__ import annotations
 
@@ -53,10 +45,13 @@ def variant(params: Params, name: str, task: str, label: str, *, root: Path, tra
     return {"pretrain": pre, "finetune": fin, "plan": plan, "params": own}
 
 
+def _summaries(ran: dict[str, Any]) -> dict[str, Any]:
+    return {phase: ran[phase]["summary"] for phase in ("pretrain", "finetune")}
+
+
 def run_variants(params: Params, name: str, task: str, *, root: Path, track: bool) -> dict[str, Any]:
-    return {label: {phase: ran[phase]["summary"] for phase in ("pretrain", "finetune")}
-            for label, ran in ((v, variant(params, name, task, v, root=root, track=track))
-                               for v in params.experiments[name].variants)}
+    return {v: _summaries(variant(params, name, task, v, root=root, track=track))
+            for v in params.experiments[name].variants}
 
 
 def run_g_eval(params: Params, name: str, task: str, *, root: Path, track: bool) -> dict[str, Any]:
@@ -74,7 +69,7 @@ def run_g_eval(params: Params, name: str, task: str, *, root: Path, track: bool)
                         job=functools.partial(jobs.g_eval_sweep, setup, fin, values),
                         out=paths.experiment_dir(root, name) / task / "g_eval")
     seeds.run(sweep, track=track)
-    return {BASE: {phase: base[phase]["summary"] for phase in ("pretrain", "finetune")}, "g_eval": list(values)}
+    return {BASE: _summaries(base), "g_eval": list(values)}
 
 
 def run_sampling(params: Params, name: str, task: str, *, root: Path, track: bool) -> dict[str, Any]:

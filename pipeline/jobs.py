@@ -125,24 +125,18 @@ def g_eval_sweep(setup: Setup, finetuned: Path, values: tuple[float, ...], seed:
     """Figure 4.2 / 5.2 (left) for one seed: its pretrained checkpoint (`setup.pretrained`) and its finetuned policy
     (`finetuned`/seed_<k>/policy.pt) each evaluated at every g_eval in `values`, with their phase's context length
     and episodes, on the same episode seeds throughout; leaves sweep.csv (phase, g_eval, scores)."""
-    from odt.checkpoint import load_checkpoint, load_policy
+    from odt.checkpoint import load_policy
     from odt.envs import vector_env
-    from odt.evaluation import eval_seeds, evaluate, score
-    from odt.trainer import ODTTrainer
+    from odt.evaluation import g_eval_sweep
 
-    plan, start = setup.plan, time.perf_counter()
-    trainer = ODTTrainer.from_state(load_checkpoint(paths.pretrained(setup.root, plan.name, seed, setup.pretrained))
-                                    ["trainer"], device=setup.device, data=paths.dataset(setup.root, plan.name))
-    model, info = load_policy(finetuned / f"seed_{seed}" / "policy.pt")
-    policies = {"pretrained": (trainer.model.eval(), trainer.state_mean, trainer.state_std, plan.pretrain),
-                "finetuned": (model.to(trainer.device), info["state_mean"], info["state_std"], plan.finetune)}
-    rows = []
-    for phase, (policy, mean, std, cfg) in policies.items():
+    plan, start, rows = setup.plan, time.perf_counter(), []
+    for phase, path, cfg in [("pretrained", paths.pretrained(setup.root, plan.name, seed, setup.pretrained),
+                              plan.pretrain), ("finetuned", finetuned / f"seed_{seed}" / "policy.pt", plan.finetune)]:
+        model, info = load_policy(path)
         envs = vector_env(plan.env_fn(setup.root), cfg.eval_episodes)
-        for g in values:
-            result = evaluate(policy, envs, target_return=g, seeds=eval_seeds(seed, 0, cfg.eval_episodes),
-                              state_mean=mean, state_std=std, context_len=cfg.eval_context_len)
-            rows.append({"phase": phase, "g_eval": g, **score(result, plan.name)})
+        rows += [{"phase": phase, **r} for r in g_eval_sweep(model, envs, values, seed=seed, task=plan.name,
+                                                             state_mean=info["state_mean"], state_std=info["state_std"],
+                                                             context_len=cfg.eval_context_len)]
         envs.close()
     curves.write_csv(seed_dir / "sweep.csv", rows, ["phase", "g_eval", *curves.SCORES])
     return {"task": plan.name, "seed": seed, "values": list(values), "wall_time": time.perf_counter() - start}

@@ -10,11 +10,12 @@ import pytest
 from synthetic import labelled_trajectories
 from test_loops import FINETUNE, MODEL, PRETRAIN, hopper, hopper_dataset
 
-from odt import FinetuneConfig, ODTTrainer, Trajectory, finetune, pretrain
+from odt import FinetuneConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
 from odt.config import ConfigError, validate
 from odt.curves import read_csv
 from odt.data import conditioned_returns_to_go, returns_to_go
+from odt.loops import exploration_rtg
 from odt.replay import TrajectoryReplayBuffer, sampling_probabilities
 
 
@@ -28,15 +29,14 @@ def test_the_curriculum_explores_with_the_stated_percentile_of_the_buffer_return
     returns = [10.0, 20.0, 30.0, 40.0, 50.0]
     buffer = TrajectoryReplayBuffer(5, [constant(r / 5, 5, i) for i, r in enumerate(returns)])
     np.testing.assert_allclose(buffer.returns, returns)
-    trainer = ODTTrainer(MODEL, FINETUNE, buffer, device="cpu")
     for q, expected in [(0, 10.0), (50, 30.0), (90, 46.0), (100, 50.0)]:
         cfg = FinetuneConfig(curriculum_percentile=q, g_online=7200)
-        assert trainer.exploration_rtg(cfg) == pytest.approx(expected)
-    assert trainer.exploration_rtg(FinetuneConfig(g_online=7200)) == 7200.0  # fixed: the buffer does not matter
+        assert exploration_rtg(cfg, buffer) == pytest.approx(expected)
+    assert exploration_rtg(FinetuneConfig(g_online=7200), buffer) == 7200.0  # fixed: the buffer does not matter
     # two better trajectories push out the two oldest (10, 20): the percentile moves with the buffer
     buffer.add([constant(20.0, 5, 9), constant(40.0, 5, 10)])
     np.testing.assert_allclose(buffer.returns, [30, 40, 50, 100, 200])
-    assert trainer.exploration_rtg(FinetuneConfig(curriculum_percentile=50)) == pytest.approx(50.0)
+    assert exploration_rtg(FinetuneConfig(curriculum_percentile=50), buffer) == pytest.approx(50.0)
     with pytest.raises(ConfigError, match="curriculum_percentile"):
         validate(FinetuneConfig, {"curriculum_percentile": 101})
 
