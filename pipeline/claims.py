@@ -1,7 +1,7 @@
 """The paper's claims, checked: a plot per experiment and task, and the claims table, in reports/experiments/.
 
 Written by the report stage, or alone by `python -m pipeline.claims`: what each experiment left in
-runs/experiments/, judged and drawn by odt/claims.py (the verdict rule is there), as
+experiments/, judged and drawn by odt/claims.py (the verdict rule is there), as
 <id>-<task>.png, claims.md, claims.csv and variants.csv (each variant's overrides and scores).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from odt import claims, curves
-from odt.atomic import write_text
+from odt.atomic import atomic_dir
 from odt.tasks import get_task
 from pipeline import cli, paths
 from pipeline.experiment import BASE
@@ -62,27 +62,28 @@ def variant_rows(params: Params, root: Path, name: str, task: str, found: Any) -
 
 
 def report(params: Params, root: Path, out: Path) -> dict[str, Any]:
-    """Every experiment's plot, claims and variants, written to `out`."""
+    """Every experiment's plot, claims and variants, written to `out` (replaced whole, or not at all)."""
     found_claims, variants = [], []
-    for name, spec in params.experiments.items():
-        if not paths.experiment_dir(root, name).with_suffix(".json").is_file():  # not run (yet): said, not skipped
-            found_claims.append({"experiment": name, "claim": f"not run: `dvc repro experiment@{name}`"})
-            continue
-        for task in spec.tasks:
-            found, beta = data(params, root, name, task), -get_task(task).act_dim
-            claims.PLOTS[spec.kind](out / f"{name}-{task}.png", found, title=f"{name} on {task}", beta=beta)
-            variants += variant_rows(params, root, name, task, found)
-            for row in claims.CLAIMS.get(name, lambda *a: [])(found, beta):
-                found_claims.append({"experiment": name, "task": task, "seeds": spec.seeds, **row})
-    table = pd.DataFrame(found_claims, columns=COLUMNS)
-    write_text(out / "claims.csv", table.to_csv(index=False))
-    write_text(out / "variants.csv", pd.DataFrame(variants).to_csv(index=False, float_format="%.2f"))
-    lines = ["# The paper's claims, checked", "",
-             f"Profile `{params.profile}`. A claim holds only outside the seeds' spread (difference of the means above "
-             "the larger std over seeds); *final* is the evaluation after the whole online budget, *best* the best "
-             "evaluation during finetuning. Plots: `<experiment>-<task>.png` beside this file.", ""]
-    lines.append(table.fillna("").to_markdown(index=False) if len(table) else "No experiments in params.yaml.")
-    write_text(out / "claims.md", "\n".join(lines) + "\n")
+    with atomic_dir(out) as tmp:
+        for name, spec in params.experiments.items():
+            if not paths.experiment_dir(root, name).with_suffix(".json").is_file():  # not run (yet): said
+                found_claims.append({"experiment": name, "claim": f"not run: `dvc repro experiment@{name}`"})
+                continue
+            for task in spec.tasks:
+                found, beta = data(params, root, name, task), -get_task(task).act_dim
+                claims.PLOTS[spec.kind](tmp / f"{name}-{task}.png", found, title=f"{name} on {task}", beta=beta)
+                variants += variant_rows(params, root, name, task, found)
+                for row in claims.CLAIMS.get(name, lambda *a: [])(found, beta):
+                    found_claims.append({"experiment": name, "task": task, "seeds": spec.seeds, **row})
+        table = pd.DataFrame(found_claims, columns=COLUMNS)
+        (tmp / "claims.csv").write_text(table.to_csv(index=False))
+        (tmp / "variants.csv").write_text(pd.DataFrame(variants).to_csv(index=False, float_format="%.2f"))
+        lines = ["# The paper's claims, checked", "",
+                 f"Profile `{params.profile}`. A claim holds only outside the seeds' spread (difference of the means "
+                 "above the larger std over seeds); *final* is the evaluation after the whole online budget, *best* "
+                 "the best evaluation during finetuning. Plots: `<experiment>-<task>.png` beside this file.", ""]
+        lines.append(table.fillna("").to_markdown(index=False) if len(table) else "No experiments in params.yaml.")
+        (tmp / "claims.md").write_text("\n".join(lines) + "\n")
     return {"claims": len(table), "holds": int((table["verdict (final)"] == "holds").sum())}
 
 

@@ -6,7 +6,7 @@ Each variant pretrains and finetunes its seeds as the pretrain and finetune stag
 (pipeline/seeds.py), its MLflow runs tagged `experiment` and `variant`; a phase that another
 variant or experiment computed alike is reused (README, "The paper's claims, checked"). Kind
 `g_eval` then evaluates every seed's two policies at each g_eval; kind `sampling` is Fig. F.1.
-Writes runs/experiments/<id>/<task>/<variant>/<phase>/seed_<k>/ and runs/experiments/<id>.json.
+Writes experiments/<id>/<task>/<variant>/<phase>/seed_<k>/ and experiments/<id>.json.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ KINDS = {"variants": run_variants, "g_eval": run_g_eval, "sampling": run_samplin
 
 
 def experiment(params: Params, name: str, *, root: Path, track: bool = True) -> dict[str, Any]:
-    """Every task of experiment `name`; its summary, also written to runs/experiments/<name>.json."""
+    """Every task of experiment `name`; its summary, also written to experiments/<name>.json."""
     if name not in params.experiments:
         raise ConfigError(f"experiment '{name}' is not in params.yaml (experiments: "
                           f"{', '.join(params.experiments) or 'none'})")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     code, out = cli.run_guarded(f"experiment {args.name}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
     if code == 0:
-        print(f"experiment {args.name}: {', '.join(out['tasks'])} done; runs/experiments/{args.name}.json")
+        print(f"experiment {args.name}: {', '.join(out['tasks'])} done; experiments/{args.name}.json")
     return code
 
 

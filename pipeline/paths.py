@@ -77,6 +77,6 @@ def work_root(root: Path, task: str) -> Path:
 
 
 def experiment_dir(root: Path, name: str) -> Path:
-    """runs/experiments/<name>/: an experiment's published results, <task>/<variant>/<phase>/ (pipeline/experiment.py);
-    its summary is runs/experiments/<name>.json."""
-    return Path(root) / "runs" / "experiments" / name
+    """experiments/<name>/: an experiment's published results, <task>/<variant>/<phase>/ (pipeline/experiment.py);
+    its summary is experiments/<name>.json."""
+    return Path(root) / "experiments" / name

@@ -22,7 +22,7 @@ import pandas as pd
 from odt import comparison, curves
 from odt.atomic import atomic_dir, atomic_path
 from odt.config import ConfigError
-from pipeline import claims, cli, paths
+from pipeline import cli, paths
 from pipeline.caching import fingerprint
 from pipeline.params import Params, plan_task
 from pipeline.tracking import Tracker, stage_tags
@@ -101,9 +101,8 @@ def run_stage(
     with contextlib.ExitStack() as outputs:
         csv, md, metrics_json = (outputs.enter_context(atomic_path(reports / name))
                                  for name in ("results.csv", "results.md", "metrics.json"))
-        curve_dir, pre_dir, plot_dir, experiments = (outputs.enter_context(atomic_dir(reports / name)) for name in
-                                                     ("curves", "pretrain_curves", "plots", "experiments"))
-        claims.report(params, root, experiments)  # the paper's other experiments: plots and claims.md
+        curve_dir, pre_dir, plot_dir = (outputs.enter_context(atomic_dir(reports / name))
+                                        for name in ("curves", "pretrain_curves", "plots"))
         csv.write_text(results.to_csv(index=False, float_format="%.4f"))
         md.write_text(comparison.markdown(records, setting=f"Profile `{params.profile}`", seeds=params.seeds,
                                           notes=notes(params.profile)))

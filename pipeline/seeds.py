@@ -48,7 +48,7 @@ class Stage:
     tags: dict[str, Any] = field(default_factory=dict)  # on the stage's MLflow runs, beside stage_tags'
     extra: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda results: {}  # the summary's own keys
     # an experiment's variant (experiment, variant): its own MLflow runs, tagged with both, published in `out`
-    # (runs/experiments/<experiment>/<task>/<variant>/<name>/); the work directory is keyed by `key` alone, so
+    # (experiments/<experiment>/<task>/<variant>/<name>/); the work directory is keyed by `key` alone, so
     # variants (of any experiment) that share a phase share its seeds' work
     variant: tuple[str, str] | None = None
     out: Path | None = None  # where the seeds' files go; None: runs/<task>/<name>/

@@ -116,7 +116,7 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     repo, uri, env, dvc, commit, out = (repro[k] for k in ("repo", "uri", "env", "dvc", "commit", "out"))
     per_task = {f"{s}@{t}" for s in ("fetch", "pretrain", "finetune", "dt", "iql") for t in TASKS}
     # SAC once per environment
-    assert stages_run(out) == per_task | {"params", f"sac@{TASKS[0]}", "report"} | EXPERIMENT_STAGES
+    assert stages_run(out) == per_task | {"params", f"sac@{TASKS[0]}", "report", "claims"} | EXPERIMENT_STAGES
     assert (repo / "dvc.lock").is_file()
 
     # the table: all eight columns of Table 5.1 for every task, each over 10 seeds, the paper's beside ours
@@ -239,7 +239,8 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(dvc, "repro", cwd=repo, env=env)
     # the check, then what the key touches; the experiments read every task's blocks, so DVC re-runs them, but
-    # theirs (on the other task) did not change: each finds every seed done and only publishes again
+    # theirs (on the other task) did not change: each finds every seed done and publishes the same files again,
+    # so the claims are not redone
     assert stages_run(out) == {"params", f"finetune@{TASKS[0]}", "report"} | EXPERIMENT_STAGES, out
     assert re.findall(r"\((fig[^)]+)\): (\d+) of", out) and all(
         n == "0" for _, n in re.findall(r"\((fig[^)]+)\): (\d+) of", out)), out
@@ -293,7 +294,7 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(repro):
 
 def variant_dirs(repo: Path, experiment: str) -> dict[str, dict[str, bytes]]:
     """Every file an experiment published, by variant directory."""
-    root = repo / "runs" / "experiments" / experiment / TASKS[1]
+    root = repo / "experiments" / experiment / TASKS[1]
     return {d.name: {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
             for d in sorted(root.iterdir()) if d.is_dir()}
 
@@ -311,11 +312,11 @@ def test_experiments_run_every_variant_apart_and_rerun_only_the_changed_one(repr
     # every experiment: its summary, a plot, and a variant directory per variant with its seeds' files
     for name in EXPERIMENTS:
         spec = params["experiments"][name]
-        summary = json.loads((repo / "runs" / "experiments" / f"{name}.json").read_text())
+        summary = json.loads((repo / "experiments" / f"{name}.json").read_text())
         assert summary["experiment"] == name and list(summary["tasks"]) == [TASKS[1]]
         assert is_png(repo / "reports" / "experiments" / f"{name}-{TASKS[1]}.png"), name
         if spec.get("kind") == "sampling":
-            table = pd.read_csv(repo / "runs" / "experiments" / name / TASKS[1] / "sampling.csv")
+            table = pd.read_csv(repo / "experiments" / name / TASKS[1] / "sampling.csv")
             assert len(table) == 30 and table["p_length"].sum() == pytest.approx(1.0)  # the tiny file's 30 episodes
             continue
         variants = list(spec.get("variants", {"base": {}}))
@@ -329,7 +330,7 @@ def test_experiments_run_every_variant_apart_and_rerun_only_the_changed_one(repr
             (v, f"experiment@{name}") for v in variants}
         phases = 3 if spec.get("kind") == "g_eval" else 2
         assert len(found) == len(variants) * phases * (1 + 2), name
-    sweep = pd.read_csv(repo / "runs" / "experiments" / "fig4-2" / TASKS[1] / "g_eval" / "seed_0" / "sweep.csv")
+    sweep = pd.read_csv(repo / "experiments" / "fig4-2" / TASKS[1] / "g_eval" / "seed_0" / "sweep.csv")
     assert sorted(sweep["g_eval"].unique()) == [1000, 3600, 7200] and set(sweep["phase"]) == {"pretrained", "finetuned"}
     claims = pd.read_csv(repo / "reports" / "experiments" / "claims.csv")
     assert set(claims["experiment"]) == set(EXPERIMENTS)
@@ -341,12 +342,12 @@ def test_experiments_run_every_variant_apart_and_rerun_only_the_changed_one(repr
     assert both["relabel"]["pretrain/seed_0/result.json"] == both["no-relabel"]["pretrain/seed_0/result.json"]
     assert both["relabel"]["finetune/seed_0/dynamics.csv"] != both["no-relabel"]["finetune/seed_0/dynamics.csv"]
 
-    # one variant's override changed: that experiment and the report run; of its variants only that one computes
+    # one variant's override changed: that experiment and the claims run; of its variants only that one computes
     params["experiments"]["fig5-4"]["variants"]["no-relabel"]["finetune"]["updates_per_round"] = 4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before, n_runs = variant_dirs(repo, "fig5-4"), len(tagged("fig5-4"))
     out = sh(dvc, "repro", cwd=repo, env=env)
-    assert stages_run(out) == {"params", "experiment@fig5-4", "report"}, out
+    assert stages_run(out) == {"params", "experiment@fig5-4", "claims"}, out
     ran = dict(re.findall(r"^(\w+ \S+ \(fig5-4/[^)]+\)): (\d+) of", out, flags=re.M))
     expected = {("pretrain", "relabel"): "0", ("finetune", "relabel"): "0", ("pretrain", "no-relabel"): "0",
                 ("finetune", "no-relabel"): "2"}
