@@ -73,7 +73,8 @@ def run(stage: Stage, *, track: bool = True) -> dict[str, Any]:
     with heartbeat.heartbeat(work, what) as hb:
         pending = [s for s in seeds if caching.done(work / f"seed_{s}" / "result.json") is None]
         workers = max(1, min(workers, len(pending)))
-        mlflow_key = f"{stage.name}:{fp}" + (f":{'/'.join(stage.variant)}" if stage.variant else "")
+        # a variant's: not an extension of the stage's own key, which `_stopped` matches as a prefix
+        mlflow_key = f"{stage.name}{'@' + '/'.join(stage.variant) if stage.variant else ''}:{fp}"
         how: dict[str, Any] = {"work_dir": work, "tracker": None, "exp": None, "key": mlflow_key,
                                "parent": None, "children": {}}
         try:
