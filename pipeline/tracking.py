@@ -136,12 +136,16 @@ class Tracker:
             except Exception:  # created meanwhile by a process that does not share this lock (another machine)
                 return _retry(self.client.get_experiment_by_name, name).experiment_id
 
-    def find(self, experiment_id: str, key: str):
-        """This checkout's run with this key (a run older than the checkout tag counts as this checkout's)."""
+    def find(self, experiment_id: str, key: str, *, announce: bool = False):
+        """This checkout's run with this key (a run older than the checkout tag counts as this checkout's).
+
+        `announce` (a stage's parent run): say so when the store holds another checkout's runs of these settings.
+        Parents are opened under the store's lock, so of two checkouts starting at once exactly one, the second,
+        says it; their children's opening interleaves, and either could find the other's first."""
         runs = _retry(self.client.search_runs, [experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{key}'",
                       max_results=100, order_by=["attributes.start_time ASC"])
         mine = [r for r in runs if r.data.tags.get(CHECKOUT, self.checkout) == self.checkout]
-        if runs and not mine and self.shared_with is None:
+        if announce and runs and not mine and self.shared_with is None:
             self.shared_with = runs[0].data.tags[CHECKOUT]
             print(f"MLflow: {self.uri} holds runs of these settings from another checkout ({self.shared_with}); "
                   "this checkout writes its own", flush=True)
@@ -151,7 +155,7 @@ class Tracker:
         """The run with this key: found (and marked running again unless finished) or created."""
         tags = {k: str(v) for k, v in tags.items()}
         with self.lock():
-            found = self.find(experiment_id, key)
+            found = self.find(experiment_id, key, announce=parent is None)
             if found is None:
                 all_tags = {RUN_KEY: key, CHECKOUT: self.checkout, "mlflow.runName": name, **tags}
                 if parent:

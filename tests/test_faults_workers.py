@@ -346,6 +346,20 @@ def test_a_second_live_run_of_a_stage_is_refused_with_one_line(tmp_path):
         first.communicate()
 
 
+def test_of_two_checkouts_opening_runs_at_once_only_the_second_to_open_its_parent_says_it_shares(tmp_path, capsys):
+    """The interleaving a loaded machine produced (CI's test below saw both checkouts say it): A opens its parent, B
+    its parent (and says so), B its first child, then A that child, finding only B's."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a, b = Tracker(tmp_path / "clone-a", uri), Tracker(tmp_path / "clone-b", uri)
+    exp = a.experiment("odt/shared")
+    parents = {t: t.run(exp, "finetune:fp", "finetune", {}) for t in (a, b)}
+    said = capsys.readouterr().out
+    assert said.count("holds runs of these settings from another checkout") == 1 and "clone-a" in said
+    children = [t.run(exp, "finetune:fp:seed0", "seed 0", {}, parent=parents[t]) for t in (b, a)]
+    assert "another checkout" not in capsys.readouterr().out  # A found B's child first: nothing more to say
+    assert len(set(children)) == 2 and b.shared_with is not None and a.shared_with is None
+
+
 @pytest.mark.slow
 def test_two_checkouts_sharing_one_store_write_their_own_runs_and_artifacts_beside_the_store(pretrained, baseline,
                                                                                              tmp_path):
