@@ -192,8 +192,8 @@ RACING_RUN = """
     tracker = Tracker(root, uri)
     exp = tracker.experiment("odt/race")
     real_find = Tracker.find
-    def slow_find(self, *args):  # widen the window between finding nothing and creating the run
-        found = real_find(self, *args)
+    def slow_find(self, *args, **kwargs):  # widen the window between finding nothing and creating the run
+        found = real_find(self, *args, **kwargs)
         time.sleep(0.5)
         return found
     Tracker.find = slow_find
