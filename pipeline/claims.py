@@ -74,7 +74,8 @@ def report(params: Params, root: Path, out: Path) -> dict[str, Any]:
                 claims.PLOTS[spec.kind](tmp / f"{name}-{task}.png", found, title=f"{name} on {task}", beta=beta)
                 variants += variant_rows(params, root, name, task, found)
                 for row in claims.CLAIMS.get(name, lambda *a: [])(found, beta):
-                    found_claims.append({"experiment": name, "task": task, "seeds": spec.seeds, **row})
+                    seeds = spec.seeds if spec.kind != "sampling" else None  # Fig. F.1 reads the data only
+                    found_claims.append({"experiment": name, "task": task, "seeds": seeds, **row})
         table = pd.DataFrame(found_claims, columns=COLUMNS)
         (tmp / "claims.csv").write_text(table.to_csv(index=False))
         (tmp / "variants.csv").write_text(pd.DataFrame(variants).to_csv(index=False, float_format="%.2f"))
@@ -82,7 +83,8 @@ def report(params: Params, root: Path, out: Path) -> dict[str, Any]:
                  f"Profile `{params.profile}`. A claim holds only outside the seeds' spread (difference of the means "
                  "above the larger std over seeds); *final* is the evaluation after the whole online budget, *best* "
                  "the best evaluation during finetuning. Plots: `<experiment>-<task>.png` beside this file.", ""]
-        lines.append(table.fillna("").to_markdown(index=False) if len(table) else "No experiments in params.yaml.")
+        shown = table.astype(object).fillna("")  # empty cells blank (a claim judged on final scores only)
+        lines.append(shown.to_markdown(index=False) if len(table) else "No experiments in params.yaml.")
         (tmp / "claims.md").write_text("\n".join(lines) + "\n")
     return {"claims": len(table), "holds": int((table["verdict (final)"] == "holds").sum())}
 
