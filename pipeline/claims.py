@@ -17,8 +17,8 @@ from odt import claims, curves
 from odt.atomic import atomic_dir
 from odt.tasks import get_task
 from pipeline import cli, paths
-from pipeline.experiment import BASE
-from pipeline.params import Params, plan_task
+from pipeline.experiment import BASE, plan_of
+from pipeline.params import Params
 
 REPORTS = Path("reports") / "experiments"
 COLUMNS = ["experiment", "task", "claim", "arms", "measured (final)", "verdict (final)", "measured (best)",
@@ -31,7 +31,7 @@ def _seeds(directory: Path, file: str) -> list[Path]:
 
 def arm(params: Params, root: Path, name: str, task: str, variant: str) -> claims.Arm:
     """A variant's settings (its plan) and what its seeds published."""
-    plan = plan_task(params, task, None if variant not in params.experiments[name].variants else (name, variant))
+    plan = plan_of(params, name, task, variant)
     out = paths.experiment_dir(root, name) / task / variant
     pre, fin = (_seeds(out / phase, "dynamics.csv") for phase in ("pretrain", "finetune"))
     return claims.Arm(plan.model, plan.pretrain, plan.finetune,

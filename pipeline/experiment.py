@@ -23,17 +23,22 @@ from odt.atomic import write_json
 from odt.config import ConfigError
 from odt.replay import sampling_probabilities
 from pipeline import caching, cli, finetune, jobs, paths, pretrain, seeds
-from pipeline.params import ExperimentParams, Params, plan_task
+from pipeline.params import ExperimentParams, Params, TaskPlan, plan_task
 
 FILES = ("curve.csv", "dynamics.csv", "result.json")  # per seed; checkpoints and policies stay in the work cache
 BASE = "base"  # the task's own settings: the variant a g_eval sweep evaluates
 
 
+def plan_of(params: Params, name: str, task: str, label: str) -> TaskPlan:
+    """The settings of variant `label` of experiment `name` on `task`; `BASE` (not a variant's name): the task's."""
+    return plan_task(params, task, (name, label) if label in params.experiments[name].variants else None)
+
+
 def variant(params: Params, name: str, task: str, label: str, *, root: Path, track: bool) -> dict[str, Any]:
-    """Pretraining, then finetuning, of one variant (`BASE`: no overrides) of `task`; their summaries and work
-    directories."""
+    """Pretraining, then finetuning, of one variant (`BASE`: no overrides) of `task`: what `seeds.run` returned for
+    each, the plan and the params with the experiment's seed count."""
     spec = params.experiments[name]
-    plan = plan_task(params, task, None if label == BASE and label not in spec.variants else (name, label))
+    plan = plan_of(params, name, task, label)
     own = params.model_copy(update={"seeds": spec.seeds})
     out = paths.experiment_dir(root, name) / task / label
     def mark(stage: seeds.Stage, phase: str) -> seeds.Stage:

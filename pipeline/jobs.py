@@ -127,16 +127,16 @@ def g_eval_sweep(setup: Setup, finetuned: Path, values: tuple[float, ...], seed:
     and episodes, on the same episode seeds throughout; leaves sweep.csv (phase, g_eval, scores)."""
     from odt.checkpoint import load_policy
     from odt.envs import vector_env
-    from odt.evaluation import g_eval_sweep
+    from odt.evaluation import g_eval_sweep as sweep
 
     plan, start, rows = setup.plan, time.perf_counter(), []
     for phase, path, cfg in [("pretrained", paths.pretrained(setup.root, plan.name, seed, setup.pretrained),
                               plan.pretrain), ("finetuned", finetuned / f"seed_{seed}" / "policy.pt", plan.finetune)]:
         model, info = load_policy(path)
         envs = vector_env(plan.env_fn(setup.root), cfg.eval_episodes)
-        rows += [{"phase": phase, **r} for r in g_eval_sweep(model, envs, values, seed=seed, task=plan.name,
-                                                             state_mean=info["state_mean"], state_std=info["state_std"],
-                                                             context_len=cfg.eval_context_len)]
+        rows += [{"phase": phase, **r} for r in sweep(model, envs, values, seed=seed, task=plan.name,
+                                                      state_mean=info["state_mean"], state_std=info["state_std"],
+                                                      context_len=cfg.eval_context_len)]
         envs.close()
     curves.write_csv(seed_dir / "sweep.csv", rows, ["phase", "g_eval", *curves.SCORES])
     return {"task": plan.name, "seed": seed, "values": list(values), "wall_time": time.perf_counter() - start}
