@@ -39,11 +39,7 @@ class Arm:
 
     def summary(self) -> dict[str, float]:
         """Seeds, then offline, final and best normalized return: mean and std over seeds."""
-        out: dict[str, float] = {"seeds": len(self.results)}
-        for label, key in (("offline", "offline_normalized"), *SCORES.items()):
-            values = np.array([r[key] for r in self.results])
-            out |= {f"{label}_mean": values.mean(), f"{label}_std": values.std()} if len(values) else {}
-        return out
+        return curves.summarize(self.results, {"offline": "offline_normalized", **SCORES})
 
     def scores(self, which: str) -> np.ndarray:
         return np.array([r[SCORES[which]] for r in self.results])

@@ -54,13 +54,14 @@ def aggregate(
              "seeds": len(curves)} for g, m, s in zip(grid, mean, std)]
 
 
-def summarize(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Offline and online normalized return (those the results have), mean and std (ddof 0) over seeds; delta."""
+def summarize(results: list[dict[str, Any]], scores: dict[str, str] | None = None) -> dict[str, float]:
+    """Seeds; each score (`scores`: label -> a result's key; default offline and online normalized return) that the
+    results have, mean and std (ddof 0) over seeds as `<label>_mean`, `<label>_std`; delta = online - offline."""
     out: dict[str, float] = {"seeds": len(results)}
-    for phase in ("offline", "online"):
-        if f"{phase}_normalized" in results[0]:
-            values = np.array([r[f"{phase}_normalized"] for r in results])
-            out |= {f"{phase}_mean": float(values.mean()), f"{phase}_std": float(values.std())}
+    for label, key in (scores or {p: f"{p}_normalized" for p in ("offline", "online")}).items():
+        if results and key in results[0]:
+            values = np.array([r[key] for r in results])
+            out |= {f"{label}_mean": float(values.mean()), f"{label}_std": float(values.std())}
     if "offline_mean" in out and "online_mean" in out:
         out["delta"] = out["online_mean"] - out["offline_mean"]
     return out

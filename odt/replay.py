@@ -51,12 +51,12 @@ class TrajectoryReplayBuffer:
         if capacity <= 0:
             raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
+        if init not in ("top", "random"):
+            raise ValueError(f"init must be 'top' or 'random', got {init!r}")
         if init == "random" and len(trajectories) > self.capacity:
             if rng is None:
                 raise ValueError("init='random' draws its trajectories with rng: pass one")
             trajectories = [trajectories[i] for i in rng.choice(len(trajectories), self.capacity, replace=False)]
-        elif init not in ("top", "random"):
-            raise ValueError(f"init must be 'top' or 'random', got {init!r}")
         ranked = sorted(trajectories, key=lambda t: t.episode_return)[-self.capacity :]
         if not ranked:
             raise ValueError("the replay buffer needs at least one trajectory to start from")

@@ -17,8 +17,7 @@ from odt import claims, curves
 from odt.atomic import atomic_dir
 from odt.tasks import get_task
 from pipeline import cli, paths
-from pipeline.experiment import BASE, plan_of
-from pipeline.params import Params
+from pipeline.params import BASE, Params, plan_task
 
 REPORTS = Path("reports") / "experiments"
 COLUMNS = ["experiment", "task", "claim", "arms", "measured (final)", "verdict (final)", "measured (best)",
@@ -31,7 +30,7 @@ def _seeds(directory: Path, file: str) -> list[Path]:
 
 def arm(params: Params, root: Path, name: str, task: str, variant: str) -> claims.Arm:
     """A variant's settings (its plan) and what its seeds published."""
-    plan = plan_of(params, name, task, variant)
+    plan = plan_task(params, task, (name, variant))
     out = paths.experiment_dir(root, name) / task / variant
     pre, fin = (_seeds(out / phase, "dynamics.csv") for phase in ("pretrain", "finetune"))
     return claims.Arm(plan.model, plan.pretrain, plan.finetune,

@@ -10,19 +10,10 @@ runs/<task>/dt.json. MLflow: parent run `dt`, a child run per seed, tagged algor
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from pipeline import cli, jobs, seeds
-from pipeline.params import Params, TaskPlan
 
 FIELDS = ("task", "seeds", "offline_mean", "offline_std")  # the summary's keys the command prints
-
-
-def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
-    """Every seed trains the task's `dt` model with its `dt.train` block, from the fetched dataset."""
-    cfg = plan.baseline("dt")
-    hparams = {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "source": "params"}
-    return jobs.pretrain_stage(jobs.Setup("dt", plan, cfg, params.device, Path(root).resolve(), hparams), params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         params, plan = cli.load_or_exit(args.params, args.task)
-        return seeds.run(stage(plan, params, root=args.root), track=not args.no_track)
+        return seeds.run(jobs.pretrain_stage(plan, params, root=args.root, dt=True), track=not args.no_track)
 
     code, out = cli.run_guarded(f"dt {args.task}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
     return cli.print_summary(code, out, FIELDS)

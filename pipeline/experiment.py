@@ -22,30 +22,24 @@ from odt import curves
 from odt.atomic import write_json
 from odt.config import ConfigError
 from odt.replay import sampling_probabilities
-from pipeline import caching, cli, finetune, jobs, paths, pretrain, seeds
-from pipeline.params import ExperimentParams, Params, TaskPlan, plan_task
+from pipeline import caching, cli, jobs, paths, seeds
+from pipeline.params import BASE, ExperimentParams, Params, plan_task
 
 FILES = ("curve.csv", "dynamics.csv", "result.json")  # per seed; checkpoints and policies stay in the work cache
-BASE = "base"  # the task's own settings: the variant a g_eval sweep evaluates
-
-
-def plan_of(params: Params, name: str, task: str, label: str) -> TaskPlan:
-    """The settings of variant `label` of experiment `name` on `task`; `BASE` (not a variant's name): the task's."""
-    return plan_task(params, task, (name, label) if label in params.experiments[name].variants else None)
 
 
 def variant(params: Params, name: str, task: str, label: str, *, root: Path, track: bool) -> dict[str, Any]:
     """Pretraining, then finetuning, of one variant (`BASE`: no overrides) of `task`: what `seeds.run` returned for
     each, the plan and the params with the experiment's seed count."""
     spec = params.experiments[name]
-    plan = plan_of(params, name, task, label)
+    plan = plan_task(params, task, (name, label))
     own = params.model_copy(update={"seeds": spec.seeds})
     out = paths.experiment_dir(root, name) / task / label
     def mark(stage: seeds.Stage, phase: str) -> seeds.Stage:
         return dataclasses.replace(stage, variant=(name, label), out=out / phase, files=FILES)
 
-    pre = seeds.run(mark(pretrain.stage(plan, own, root=root), "pretrain"), track=track)
-    fin = seeds.run(mark(finetune.stage(plan, own, root=root, pretrained=Path(pre["work_dir"])), "finetune"),
+    pre = seeds.run(mark(jobs.pretrain_stage(plan, own, root=root), "pretrain"), track=track)
+    fin = seeds.run(mark(jobs.finetune_stage(plan, own, root=root, pretrained=Path(pre["work_dir"])), "finetune"),
                     track=track)
     return {"pretrain": pre, "finetune": fin, "plan": plan, "params": own}
 

@@ -1,4 +1,5 @@
-"""One seed of each stage, as a worker runs it: the library's loop, what it leaves in the seed directory, its result.
+"""One seed of each stage, as a worker runs it: the library's loop, what it leaves in the seed directory, its result;
+and ODT's two phases as stages of seeds (`pretrain_stage`, `finetune_stage`), which the experiments reuse.
 
 pipeline.seeds.run calls a stage's job as `job(seed, seed_dir, logger)` in a worker process
 (the stage binds its `Setup` with functools.partial), once for every seed without a
@@ -18,7 +19,7 @@ from typing import Any
 from odt import curves
 from odt.divergence import Diverged
 from pipeline import caching, paths, seeds
-from pipeline.params import Params, TaskPlan, learning_rate_setting
+from pipeline.params import Params, TaskPlan, learning_rate_setting, phase_config
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,20 @@ class Setup:
     pretrained: Path | None = None  # finetune: the pretraining work directory it starts from (paths.pretrained)
 
 
-def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
-    """The seeds of ODT's pretraining or of the DT (`setup.stage`): each runs `pretrain` from the fetched dataset."""
-    plan, cfg, hparams = setup.plan, setup.cfg, setup.hparams
-    data = paths.existing_dataset(setup.root, plan.name)  # missing or altered: one line, before any seed
-    model = plan.dt_model if setup.stage == "dt" else plan.model
+def pretrain_stage(plan: TaskPlan, params: Params, *, root: Path, dt: bool = False) -> seeds.Stage:
+    """The seeds of ODT's pretraining (the task's `pretrain` block, or its tuned values) or, `dt`, of the DT baseline
+    (its `dt.train` block): each runs `pretrain` from the fetched dataset."""
+    root = Path(root).resolve()
+    if dt:
+        cfg = plan.baseline("dt")
+        hparams = {"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "source": "params"}
+    else:
+        cfg, hparams = phase_config(plan, params, "pretrain", root=root)
+    setup = Setup("dt" if dt else "pretrain", plan, cfg, params.device, root, hparams)
+    data = paths.existing_dataset(root, plan.name)  # missing or altered: one line, before any seed
     return seeds.Stage(
-        setup.stage,
-        plan.name,
-        params,
-        setup.root,
-        key=caching.pretrain_key(setup.stage, plan, params, model, cfg, data),
+        setup.stage, plan.name, params, root,
+        key=caching.pretrain_key(setup.stage, plan, params, plan.dt_model if dt else plan.model, cfg, data),
         job=functools.partial(pretrain, setup),
         files=("checkpoint.pt", "curve.csv", "dynamics.csv", "result.json"),
         step=cfg.pretrain_updates,
@@ -55,6 +59,29 @@ def pretrain_stage(setup: Setup, params: Params) -> seeds.Stage:
             "hparams": hparams,
         },
     )
+
+
+def finetune_stage(plan: TaskPlan, params: Params, *, root: Path, pretrained: Path | None = None) -> seeds.Stage:
+    """Every seed finetunes its pretrained checkpoint with the task's `finetune` block (or its tuned values); each
+    input is checked once here, before any seed or MLflow run starts.
+
+    `pretrained`: the work directory of a pretraining (an experiment's variant, pipeline/experiment.py), whose
+    seed_<k>/checkpoint.pt seed k starts from; default: the pretrain stage's runs/<task>/pretrain/."""
+    from odt.envs import check_dims, vector_env
+
+    root = Path(root).resolve()
+    paths.existing_dataset(root, plan.name)  # each seed reloads the offline data: missing or altered, one line now
+    checkpoints = paths.existing_checkpoints(root, plan.name, params.seeds, pretrained)
+    envs = vector_env(plan.env_fn(root), 1)  # a dims mismatch: one line, before any seed
+    check_dims(plan.name, envs, plan.model.state_dim, plan.model.act_dim)
+    envs.close()
+    cfg, hparams = phase_config(plan, params, "finetune", root=root)
+    return seeds.Stage(
+        "finetune", plan.name, params, root, key=caching.finetune_key(plan, params, cfg, checkpoints, root, pretrained),
+        job=functools.partial(finetune, Setup("finetune", plan, cfg, params.device, root, hparams, pretrained)),
+        files=("policy.pt", "curve.csv", "dynamics.csv", "result.json"), step=cfg.online_samples,
+        tags={"hparams_source": hparams["source"]},
+        extra=lambda results: {"online_samples": cfg.online_samples, "hparams": hparams})
 
 
 def pretrain(setup: Setup, seed: int, seed_dir: Path, logger) -> dict[str, Any]:

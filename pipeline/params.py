@@ -241,17 +241,21 @@ class TaskPlan:
         return dataset_env_fn(self.name, self.env_version, paths.dataset_meta(root, self.name))
 
 
+BASE = "base"  # an experiment's arm with the task's own settings (a g_eval sweep evaluates it)
+
+
 def plan_task(params: Params, name: str, variant: tuple[str, str] | None = None) -> TaskPlan:
     """Build ModelConfig and both phase configs of one task, then check them against each other; one-line
     ConfigError on a bad value or on settings that cannot mean what they say together.
 
     `variant` (experiment, variant name): the task with that variant's overrides of its model, pretrain and
-    finetune blocks; errors then name the override's key."""
+    finetune blocks, errors then naming the override's key; a name not among the experiment's variants (`BASE`):
+    the task's own settings."""
     if name not in params.tasks:
         raise ConfigError(f"task '{name}' is not in params.yaml (tasks: {', '.join(params.tasks)})")
     block = params.tasks[name]  # its name is a known task: Params checked every key under tasks
     where, prefix = f"params.yaml tasks.{name}", f"tasks.{name}"
-    if variant is not None:
+    if variant is not None and variant[1] in params.experiments[variant[0]].variants:
         overrides = params.experiments[variant[0]].variants[variant[1]].blocks(name)
         block = block.model_copy(update={k: {**getattr(block, k), **v} for k, v in overrides.items()})
         prefix = f"experiments.{variant[0]}.variants.{variant[1]}"

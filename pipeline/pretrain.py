@@ -12,19 +12,10 @@ experiment `odt/<task>` with a child run per seed. Killed and rerun, it resumes.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from pipeline import cli, jobs, seeds
-from pipeline.params import Params, TaskPlan, phase_config
 
 FIELDS = ("task", "seeds", "offline_mean", "offline_std", "best_mean")  # the summary's keys the command prints
-
-
-def stage(plan: TaskPlan, params: Params, *, root: Path) -> seeds.Stage:
-    """Every seed pretrains with the task's `pretrain` block (or its tuned values), from the fetched dataset."""
-    root = Path(root).resolve()
-    cfg, hparams = phase_config(plan, params, "pretrain", root=root)
-    return jobs.pretrain_stage(jobs.Setup("pretrain", plan, cfg, params.device, root, hparams), params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         params, plan = cli.load_or_exit(args.params, args.task)
-        return seeds.run(stage(plan, params, root=args.root), track=not args.no_track)
+        return seeds.run(jobs.pretrain_stage(plan, params, root=args.root), track=not args.no_track)
 
     code, out = cli.run_guarded(f"pretrain {args.task}", body, failed=(seeds.SeedsFailed,), bad=cli.bad_input())
     return cli.print_summary(code, out, FIELDS)

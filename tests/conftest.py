@@ -14,7 +14,7 @@ from odt.data import Trajectory
 from odt.datasets.fetch import fetch as fetch_task
 from odt.datasets.hdf5 import write_d4rl_hdf5
 from odt.envs import make_env
-from pipeline import finetune, paths, pretrain, seeds
+from pipeline import jobs, paths, seeds
 from pipeline.params import load_params
 from pipeline.profile import render
 
@@ -64,7 +64,7 @@ def pretrained(tmp_path_factory, hopper_random_hdf5) -> Path:
     (root / "data" / FT_TASK).mkdir(parents=True)
     shutil.copy(hopper_random_hdf5, paths.dataset(root, FT_TASK))
     params, plans = load_params(root / "params.yaml")
-    seeds.run(pretrain.stage(plans[FT_TASK], params, root=root), track=False)
+    seeds.run(jobs.pretrain_stage(plans[FT_TASK], params, root=root), track=False)
     return root
 
 
@@ -89,6 +89,6 @@ def baseline(pretrained, tmp_path_factory) -> dict:
     root = stage_inputs(tmp_path_factory.mktemp("baseline"), pretrained)
     params, plans = load_params(root / "params.yaml")
     assert params.parallel.backend == "loky"
-    out = seeds.run(finetune.stage(plans[FT_TASK], params, root=root), track=False)
+    out = seeds.run(jobs.finetune_stage(plans[FT_TASK], params, root=root), track=False)
     assert out["summary"]["seeds"] == FT_SEEDS
     return {"results": finetune_results(root), "workers": out["workers"], "root": root}

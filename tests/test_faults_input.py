@@ -7,6 +7,7 @@ bad flag (fast: importing a stage does not import torch).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from finetune_stage import FT_TASK as TASK
 from finetune_stage import stage_cmd, stage_inputs
 
 from odt.datasets.hdf5 import DatasetError, load_d4rl_hdf5, write_d4rl_hdf5
-from pipeline import dt, finetune, iql, paths, pretrain, seeds, tune, validate
+from pipeline import iql, jobs, paths, pretrain, seeds, tune, validate
 from pipeline.params import load_params, parse_params
 from pipeline.profile import render
 
@@ -95,9 +96,12 @@ def test_every_stage_that_reads_the_dataset_checks_it_and_a_dataset_without_a_re
     data, meta = paths.dataset(fetched, TASK), paths.dataset_meta(fetched, TASK)
     flip_bit(data, 0)  # the HDF5 signature: not even a readable file now
     before = tree(fetched)
-    stages = [lambda: seeds.run(mod.stage(plans[TASK], params, root=fetched)) for mod in (pretrain, dt, iql, finetune)]
-    stages.append(lambda: tune.run(plans[TASK], params, "finetune", root=fetched, track=False))
-    for run_stage in stages:
+    def seeds_stage(build):  # bound now: a lambda in the loop would see the loop's last `build`
+        return lambda: seeds.run(build(plans[TASK], params, root=fetched))
+
+    builders = (jobs.pretrain_stage, functools.partial(jobs.pretrain_stage, dt=True), iql.stage, jobs.finetune_stage)
+    for run_stage in (*map(seeds_stage, builders),
+                      lambda: tune.run(plans[TASK], params, "finetune", root=fetched, track=False)):
         with pytest.raises(DatasetError, match="does not match the sha256 its fetch recorded"):
             run_stage()
     assert not (tmp_path / "mlflow.db").exists() and tree(fetched) == before

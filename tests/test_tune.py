@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from pipeline import paths, pretrain, seeds, tune
+from pipeline import jobs, paths, seeds, tune
 from pipeline.params import TunedResult, parse_params, plan_task, tuned_path
 from pipeline.profile import render
 from pipeline.study import open_storage
@@ -112,7 +112,7 @@ def test_tiny_study_writes_the_best_params_plots_and_mlflow_runs(tuned):
 
 def test_pretrain_stage_uses_the_tuned_values(tuned):
     root, params, plan, summary = tuned
-    result = seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 2}), root=root), track=False)
+    result = seeds.run(jobs.pretrain_stage(plan, params.model_copy(update={"seeds": 2}), root=root), track=False)
     best = summary["best_params"]
     assert result["summary"]["hparams"] == {**best, "source": f"tuned ({tuned_path(TASK, 'pretrain')})"}
     written = json.loads((paths.run_dir(root, TASK, "pretrain") / "seed_1" / "result.json").read_text())
@@ -141,7 +141,7 @@ def test_two_workers_share_one_study_and_a_rerun_adds_trials(tmp_path, hopper_ra
     """Finetune phase, sqlite storage: two processes at once, then a third run continuing the study."""
     params, plan = load(make_root(tmp_path, hopper_random_hdf5, startup_trials=10))
     # trials start from seed 0
-    seeds.run(pretrain.stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path), track=False)
+    seeds.run(jobs.pretrain_stage(plan, params.model_copy(update={"seeds": 1}), root=tmp_path), track=False)
     url = f"sqlite:///{tmp_path}/studies.db"
     workers = [run_cli("--phase", "finetune", "--storage", url, "--n-trials", "2", root=tmp_path, wait=False)
                for _ in range(2)]
