@@ -6,7 +6,8 @@ curves and training dynamics), the rows of a g_eval sweep (Fig. 4.2), or the row
 F.1's sampling probabilities. A claim function returns table rows: the claim in one sentence,
 the arms compared, the measured numbers and a verdict. "holds" only outside the seeds' spread
 (the difference of two means larger than the larger of their standard deviations over seeds),
-"inside the spread" when smaller, "does not hold" when outside it the other way. Finetuning
+"inside the spread" when smaller, "does not hold" when outside it the other way. A claim that two
+arms score alike is "consistent: inside the spread" or "does not hold", never "holds". Finetuning
 claims are judged twice, labelled: on the final evaluation and on the best one during
 finetuning (the paper does not say which its curves show).
 """
@@ -62,9 +63,10 @@ def compare(better: np.ndarray, worse: np.ndarray) -> tuple[str, str]:
 
 
 def alike(a: np.ndarray, b: np.ndarray) -> tuple[str, str]:
-    """`a` and `b` claimed comparable: holds when their difference is inside the spread."""
+    """`a` and `b` claimed comparable: a difference inside the spread is consistent with the claim but does not show
+    it (wide spreads would make anything alike), so this claim never "holds"; outside the spread it does not."""
     text, verdict = compare(a, b)
-    return text, "holds" if verdict == "inside the spread" else "does not hold"
+    return text, "consistent: inside the spread" if verdict == "inside the spread" else "does not hold"
 
 
 def judged(claim: str, arms: str, measure: Callable[[str], tuple[str, str]]) -> Row:

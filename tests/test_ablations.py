@@ -1,6 +1,6 @@
 """The library's options for the paper's ablations: curriculum RTG (Fig. 5.3), relabelling off (Fig. 5.4), random
 buffer initialisation (Fig. A.1), lambda and warmup at the start of finetuning (Fig. G.1, Table C.3), the training
-dynamics a run keeps (Fig. 4.1), and the sampling probabilities of Fig. F.1."""
+dynamics a run keeps (Fig. 4.1), the sampling probabilities of Fig. F.1, and the verdict rule of the claims table."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ from test_loops import FINETUNE, MODEL, PRETRAIN, hopper, hopper_dataset
 
 from odt import FinetuneConfig, Trajectory, finetune, pretrain
 from odt.checkpoint import load_checkpoint
+from odt.claims import alike, compare
 from odt.config import ConfigError, validate
 from odt.curves import read_csv
 from odt.data import conditioned_returns_to_go, returns_to_go
@@ -126,3 +127,14 @@ def test_length_and_return_sampling_probabilities_of_figure_f1():
     np.testing.assert_allclose(p["p_return"], [0.1, 0.2, 0.7, 0.0])  # a negative return is never drawn
     with pytest.raises(ValueError, match="positive return"):
         sampling_probabilities([constant(-1.0, 5, 0)])
+
+
+def test_a_claim_holds_only_outside_the_spread_and_a_claim_of_two_arms_alike_never_holds():
+    high, low = np.array([10.0, 12.0, 14.0]), np.array([1.0, 2.0, 3.0])  # means 12 and 2, stds 1.63 and 0.82
+    wide = np.array([3.0, 12.0, 21.0])  # mean 12, std 7.35: 12 - 2 = 10 is outside it, 12 - 12 = 0 inside
+    assert compare(high, low) == ("12.0 ± 1.6 vs 2.0 ± 0.8", "holds")
+    assert compare(low, high)[1] == "does not hold"
+    assert compare(high, wide)[1] == compare(wide, high)[1] == "inside the spread"
+    assert compare(wide, low + 4.0)[1] == "inside the spread"  # 12 - 6 = 6 < 7.35: the larger std decides
+    assert alike(high, wide) == ("12.0 ± 1.6 vs 12.0 ± 7.3", "consistent: inside the spread")
+    assert alike(high, low)[1] == alike(low, high)[1] == "does not hold"
