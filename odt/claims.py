@@ -13,6 +13,7 @@ finetuning (the paper does not say which its curves show).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,13 +260,18 @@ def plot_arms(path: Path, arms: dict[str, Arm], *, title: str, beta: float) -> P
                 ax.plot(xs, ys, color=color, linestyle=style, label=f"{name} {key}" if ax is ent else name)
     ent.axhline(beta, color="k", linestyle="--", label=f"beta = {beta:g}")
     for ax, what, xlabel in [(ret, "normalized return at each evaluation", "online samples"),
-                             (ent, "entropy (solid) and NLL (dotted)", "updates (pretraining, then finetuning)"),
+                             (ent, f"entropy (solid) and NLL (dotted); log scale above {2 - beta:g}",
+                              "updates (pretraining, then finetuning)"),
                              (lam, "lambda", "updates"), (rtg, "exploration RTG g_online", "updates")]:
         ax.set(title=what, xlabel=xlabel)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     lam.set_yscale("log")
+    top = ent.get_ylim()[1]  # linear from below beta to the late values, log above them for the first NLLs (~50)
+    ent.set_yscale("symlog", linthresh=2 - beta)
+    ent.set_yticks([*range(math.floor(beta), 3, 1 if beta >= -4 else 2), *(t for t in (5, 10, 20, 50) if t < top)])
+    ent.yaxis.set_major_formatter("{x:g}")
     fig.suptitle(f"{title}: mean over seeds (return: band ± std)")
     fig.tight_layout()
     return curves.save_figure(fig, path)
