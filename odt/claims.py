@@ -260,7 +260,7 @@ def plot_arms(path: Path, arms: dict[str, Arm], *, title: str, beta: float) -> P
                 ax.plot(xs, ys, color=color, linestyle=style, label=f"{name} {key}" if ax is ent else name)
     ent.axhline(beta, color="k", linestyle="--", label=f"beta = {beta:g}")
     for ax, what, xlabel in [(ret, "normalized return at each evaluation", "online samples"),
-                             (ent, f"entropy (solid) and NLL (dotted); log scale above {2 - beta:g}",
+                             (ent, f"entropy (solid) and NLL (dotted); log scale beyond ±{2 - beta:g}",
                               "updates (pretraining, then finetuning)"),
                              (lam, "lambda", "updates"), (rtg, "exploration RTG g_online", "updates")]:
         ax.set(title=what, xlabel=xlabel)
